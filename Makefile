@@ -1,0 +1,61 @@
+# Two commands matter: `make run` and `make test`. Each installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+WEB    := relay/web
+BUNDLE := $(WEB)/dist/sdk.js
+
+.PHONY: run test lint typecheck unit web install bench bench-quick bench-table clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+install: $(STAMP)
+
+# The browser bundle is generated, never committed. Without node the relay
+# still runs; the SDK, viewer and console pages answer 503 until it is built.
+web:
+	@if command -v npm >/dev/null 2>&1; then \
+		if [ ! -d $(WEB)/node_modules ] || [ $(WEB)/package-lock.json -nt $(WEB)/node_modules/.package-lock.json ]; then \
+			(cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error); fi; \
+		(cd $(WEB) && npm run --silent build); \
+	else \
+		echo "note: node/npm not found: the browser bundle (sdk.js, viewer, console) is not built."; \
+		echo "      install Node.js 18+ and run 'make web' to enable co-browsing pages."; \
+	fi
+
+run: install web
+	$(PY) -m relay
+
+lint: install
+	$(PY) -m ruff check protocol relay agent tests bench
+	$(PY) -m ruff format --check protocol relay agent tests bench
+
+typecheck: install
+	$(PY) -m mypy
+
+unit: install
+	$(PY) -m pytest -q
+
+test: install web lint typecheck
+	$(PY) -m pytest -q
+
+bench: install web
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench all
+
+bench-quick: install web
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench quick
+
+bench-table: install
+	$(PY) -m bench table
+
+clean:
+	rm -rf $(VENV) $(WEB)/node_modules $(WEB)/dist .mypy_cache .ruff_cache .pytest_cache
