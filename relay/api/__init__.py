@@ -1,0 +1,1 @@
+"""HTTP route groups: one module per surface; each decodes, calls the service, encodes."""

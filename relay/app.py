@@ -1,0 +1,124 @@
+"""``create_app(settings)``: routes, and a lifespan that builds store, service, hub.
+
+Nothing is global: every shared object is built here and reached through
+``app.state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+
+from protocol import CloseCode
+
+from .api import onprem, pages
+from .api._http import ApiError, error
+from .core.service import Service
+from .settings import Settings
+from .storage import open_storage
+from .transport.ws import device_endpoint, viewer_endpoint, visitor_endpoint
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("relay")
+
+
+async def health(request: Request) -> Response:
+    """200 with an empty body when ready; 503 when starting, draining or the store is down."""
+    state = request.app.state
+    service: Service | None = getattr(state, "service", None)
+    if service is None or service.draining or not state.ready or not await service.store.ping():
+        return Response(status_code=503)
+    return Response(status_code=200)
+
+
+async def stats(request: Request) -> Response:
+    service: Service = request.app.state.service
+    return onprem.JSON(service.stats())
+
+
+def _routes() -> list[BaseRoute]:
+    return [
+        Route("/health", health, methods=["GET", "HEAD"]),
+        Route("/stats", stats, methods=["GET"]),
+        Mount("/api", routes=onprem.routes),
+        WebSocketRoute("/ws/visitor", visitor_endpoint),
+        WebSocketRoute("/ws/viewer", viewer_endpoint),
+        WebSocketRoute("/ws/device", device_endpoint),
+        *pages.routes,
+    ]
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    base = request.app.state.settings.base_path
+    if path.startswith(base + "/api/") or path == base + "/api":
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return error(exc.status_code, code)
+    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code)
+
+
+async def _sweeper(service: Service) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            service.hub.sweep()
+        except Exception:  # keep sweeping whatever one pass hit
+            log.exception("sweep failed")
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = open_storage(settings)
+        await store.open()
+        await store.mark_all_offline()
+        service = Service(settings, store)
+        app.state.service = service
+        sweeper = asyncio.get_running_loop().create_task(_sweeper(service))
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            drain(app)
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await service.flush()
+            await store.close()
+
+    routes = _routes()
+    if settings.base_path:
+        routes = [Mount(settings.base_path, routes=routes)]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    app.state.settings = settings
+    app.state.ready = False
+    return app
+
+
+def drain(app: Starlette) -> None:
+    """Turn /health to 503, then close every socket with 1001 (going away)."""
+    service: Service | None = getattr(app.state, "service", None)
+    if service is None or service.draining:
+        return
+    service.draining = True
+    service.hub.close_all(CloseCode.GOING_AWAY, "relay shutting down")

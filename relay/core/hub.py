@@ -1,0 +1,521 @@
+"""Rooms, fan-out and per-peer outboxes.
+
+A room is one visitor's: the visitor's socket, the viewers watching it, the
+live session (if any) and its log. Frames are routed on their header alone
+(:func:`protocol.peek`); content frames are never decoded. Nothing here
+awaits: peers write through a :class:`Link` (the transport's port) and
+anything that needs storage is reported to a :class:`Listener`.
+
+Backpressure (ARCHITECTURE.md "Backpressure"): a frame goes straight to the
+link while the link's buffer is under ``high``; past it, the outbox holds
+frames. Latest-wins kinds replace their queued predecessor; ordered kinds are
+counted, and past ``max_ordered`` bytes the queue is cleared and the peer is
+marked for a resync from the log, sent when its link drains. The sweeper
+closes a peer whose link has stayed backed up for ``slow_timeout`` (4001).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from protocol import (
+    KIND_INFO,
+    CloseCode,
+    Error,
+    Kind,
+    Message,
+    PermissionsUpdate,
+    ProtocolError,
+    ResyncRequest,
+    Role,
+    Routing,
+    SessionAccept,
+    SessionDecline,
+    SessionEnd,
+    SessionRequest,
+    decode,
+    encode,
+    peek,
+    stamp,
+)
+from protocol.codec import Limits
+
+__all__ = ["Link", "Listener", "Outbox", "Peer", "Room", "Hub", "SessionState", "HubConfig"]
+
+log = logging.getLogger("relay.hub")
+
+
+class Link(Protocol):
+    """What the hub needs of a socket. Implemented by the transport."""
+
+    def write(self, frame: bytes) -> None:
+        """Hand one frame to the socket's buffer; never blocks, never raises."""
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        ...
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake with ``code``; idempotent."""
+
+
+class Listener(Protocol):
+    """What the hub reports for persistence. Called synchronously; must not block."""
+
+    def session_changed(self, room: Room) -> None: ...
+    def session_ended(self, room: Room, reason: str) -> None: ...
+    def message(self, room: Room, peer: Peer, msg: Message) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    limits: Limits = field(default_factory=Limits)
+    high_water: int = 256 * 1024  # link buffer above which the outbox holds frames
+    max_ordered: int = 1024 * 1024  # held ordered bytes before a resync
+    slow_timeout: float = 10.0
+    resume_window: float = 60.0
+    log_max_bytes: int = 16 * 1024 * 1024
+
+
+class SessionState(Enum):
+    REQUESTED = "requested"  # an agent is waiting for the visitor to accept
+    LIVE = "live"
+
+
+_ORDERED, _LATEST, _CONTROL = Routing.ORDERED, Routing.LATEST, Routing.CONTROL
+
+
+class Outbox:
+    """One peer's outbound path: the link, and what is held while it is backed up."""
+
+    __slots__ = ("_latest", "held_ordered", "high", "link", "max_ordered", "needs_resync", "queue")
+
+    def __init__(self, link: Link, high: int, max_ordered: int) -> None:
+        self.link = link
+        self.high = high
+        self.max_ordered = max_ordered
+        self.queue: deque[list[object]] = deque()  # [kind, frame, ordered bytes]
+        self._latest: dict[int, list[object]] = {}
+        self.held_ordered = 0
+        self.needs_resync = False
+
+    def backed_up(self) -> bool:
+        return bool(self.queue) or self.link.buffered() >= self.high
+
+    def send(self, frame: bytes, routing: Routing, kind: int) -> None:
+        if not self.queue and not self.needs_resync and self.link.buffered() < self.high:
+            self.link.write(frame)
+            return
+        if routing is _LATEST:
+            entry = self._latest.get(kind)
+            if entry is not None:
+                entry[1] = frame
+                return
+            entry = [kind, frame, 0]
+            self._latest[kind] = entry
+            self.queue.append(entry)
+        elif routing is _ORDERED:
+            if self.needs_resync:
+                return  # the log holds it; the resync will deliver it
+            self.queue.append([kind, frame, len(frame)])
+            self.held_ordered += len(frame)
+            if self.held_ordered > self.max_ordered:
+                self.clear()
+                self.needs_resync = True
+        else:
+            self.queue.append([kind, frame, 0])
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self._latest.clear()
+        self.held_ordered = 0
+
+    def drain(self) -> bool:
+        """Move held frames to the link while it has room. True when a resync is due."""
+        q = self.queue
+        while q and self.link.buffered() < self.high:
+            kind, frame, ordered = q.popleft()
+            if ordered:
+                self.held_ordered -= ordered  # type: ignore[operator]
+            elif self._latest.get(kind) is not None and self._latest[kind][1] is frame:  # type: ignore[index]
+                del self._latest[kind]  # type: ignore[arg-type]
+            self.link.write(frame)  # type: ignore[arg-type]
+        if not q and self.needs_resync and self.link.buffered() < self.high:
+            self.needs_resync = False
+            return True
+        return False
+
+
+class Peer:
+    """A connected socket in a room: the visitor or one viewer."""
+
+    __slots__ = (
+        "agent_id",
+        "agent_name",
+        "id",
+        "outbox",
+        "permissions",
+        "role",
+        "room",
+        "stalled_since",
+        "warned",
+    )
+
+    def __init__(self, role: str, peer_id: str, outbox: Outbox, room: Room) -> None:
+        self.role = role
+        self.id = peer_id
+        self.outbox = outbox
+        self.room = room
+        self.permissions: frozenset[str] = frozenset()
+        self.agent_id = ""
+        self.agent_name = ""
+        self.warned: set[int] = set()
+        self.stalled_since: float | None = None
+
+    def send(self, msg: Message) -> None:
+        info = KIND_INFO[msg.KIND]
+        assert info is not None
+        self.outbox.send(encode(msg), info.routing, msg.KIND)
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.outbox.clear()
+        self.outbox.link.close(code, reason)
+
+
+@dataclass(slots=True)
+class ViewerSlot:
+    """A viewer admitted to the session; survives its socket for the resume window."""
+
+    viewer_id: str
+    agent_id: str
+    agent_name: str
+    permissions: frozenset[str]
+    peer: Peer | None = None
+    left_at: float | None = None
+
+
+class Room:
+    """One visitor's room. See the module docstring for the rules."""
+
+    def __init__(self, hub: Hub, visitor_id: str) -> None:
+        self.hub = hub
+        self.visitor_id = visitor_id
+        self.visitor: Peer | None = None
+        self.visitor_left_at: float | None = time.monotonic()
+        self.visitor_allow: frozenset[str] = frozenset()  # empty: the page restricts nothing
+        self.slots: dict[str, ViewerSlot] = {}
+        self.viewers: list[Peer] = []  # connected viewers, the fan-out list
+        self.session_id = ""
+        self.state: SessionState | None = None
+        self.started = 0.0
+        self.epoch = 0
+        self.seq = 0
+        self.log: list[bytes] = []
+        self.log_first_seq = 0
+        self.log_bytes = 0
+        self.resync_asked = False
+        self.latest: dict[int, bytes] = {}
+        self.features: set[str] = set()
+        self.forbidden = 0
+        self.metadata: dict[str, object] = {}
+        self.observer: dict[str, str] = {}
+        self.agents: list[dict[str, str]] = []
+        self.went_live = False
+
+    # --- session lifecycle -------------------------------------------------------
+    def _new_session(self) -> None:
+        self.session_id = secrets.token_hex(8)
+        self.state = SessionState.REQUESTED
+        self.started = time.time()
+        self.epoch = secrets.randbits(32) | 1
+        self.seq = 0
+        self._reset_log()
+        self.features = set()
+        self.agents = []
+        self.went_live = False
+
+    def _request_visitor(self) -> None:
+        if self.visitor is None or self.state is not SessionState.REQUESTED:
+            return
+        first = next(iter(self.slots.values()), None)
+        self.visitor.send(
+            SessionRequest(
+                session=self.session_id,
+                agent_id=first.agent_id if first else "",
+                agent_name=first.agent_name if first else "",
+                permissions=tuple(sorted(self.union_permissions())),
+            )
+        )
+
+    def union_permissions(self) -> frozenset[str]:
+        out: frozenset[str] = frozenset()
+        for s in self.slots.values():
+            out |= s.permissions
+        return out
+
+    def go_live(self) -> None:
+        if self.state is not SessionState.REQUESTED:
+            return
+        self.state = SessionState.LIVE
+        self.hub.listener.session_changed(self)
+        accept = encode(SessionAccept(session=self.session_id))
+        for v in self.viewers:
+            v.outbox.send(accept, Routing.SESSION, Kind.SESSION_ACCEPT)
+
+    def end_session(self, reason: str, viewer_code: int = CloseCode.SESSION_ENDED) -> None:
+        if self.state is None:
+            return
+        ended = SessionEnd(session=self.session_id, reason=reason)
+        if viewer_code == CloseCode.DECLINED:
+            ended_frame = encode(SessionDecline(session=self.session_id, reason=reason))
+        else:
+            ended_frame = encode(ended)
+        for v in list(self.viewers):
+            v.outbox.send(ended_frame, Routing.SESSION, 0)
+            v.close(viewer_code, reason)
+        if self.visitor is not None and reason != "visitor_ended":
+            self.visitor.send(ended)
+        self.hub.listener.session_ended(self, reason)
+        self.viewers.clear()
+        self.slots.clear()
+        self.state = None
+        self.session_id = ""
+        self._reset_log()
+        self.latest.clear()
+        self.hub.forget_if_idle(self)
+
+    def _reset_log(self) -> None:
+        self.log = []
+        self.log_bytes = 0
+        self.log_first_seq = 0
+        self.resync_asked = False
+
+    # --- membership ---------------------------------------------------------------
+    def attach_visitor(self, peer: Peer) -> None:
+        old, self.visitor = self.visitor, peer
+        self.visitor_left_at = None
+        if old is not None:
+            old.close(CloseCode.REPLACED, "replaced by a newer connection")
+        if self.state is SessionState.REQUESTED:
+            self._request_visitor()
+
+    def detach_visitor(self, peer: Peer) -> None:
+        if self.visitor is peer:
+            self.visitor = None
+            self.visitor_left_at = time.monotonic()
+            self.hub.forget_if_idle(self)
+
+    def admit_viewer(
+        self,
+        slot: ViewerSlot,
+        peer: Peer,
+        greet: Callable[[Peer], None],
+        resume_epoch: int = 0,
+        resume_seq: int = 0,
+    ) -> None:
+        """Seat a viewer: ``greet`` sends its WELCOME before anything else reaches it."""
+        old = self.slots.get(slot.viewer_id)
+        if old is not None and old.peer is not None:
+            if old.peer in self.viewers:
+                self.viewers.remove(old.peer)
+            old.peer.close(CloseCode.REPLACED, "replaced by a newer connection")
+        new_session = self.state is None
+        if new_session:
+            self._new_session()
+        slot.peer = peer
+        slot.left_at = None
+        self.slots[slot.viewer_id] = slot
+        peer.permissions = self.effective(slot.permissions)
+        peer.agent_id, peer.agent_name = slot.agent_id, slot.agent_name
+        agent = {"id": slot.agent_id, "name": slot.agent_name}
+        if agent not in self.agents:
+            self.agents.append(agent)
+        greet(peer)
+        self.viewers.append(peer)
+        if self.state is SessionState.LIVE:
+            peer.send(SessionAccept(session=self.session_id))
+            self.replay(peer, resume_epoch, resume_seq)
+        elif new_session:
+            self._request_visitor()
+        self.hub.listener.session_changed(self)
+
+    def detach_viewer(self, peer: Peer, leaving: bool) -> None:
+        if peer in self.viewers:
+            self.viewers.remove(peer)
+        slot = self.slots.get(peer.id)
+        if slot is not None and slot.peer is peer:
+            slot.peer = None
+            slot.left_at = time.monotonic()
+            if leaving:
+                del self.slots[peer.id]
+        if self.state is not None and not self.slots:
+            self.end_session("agent_left")
+
+    def effective(self, granted: frozenset[str]) -> frozenset[str]:
+        return granted & self.visitor_allow if self.visitor_allow else granted
+
+    def set_visitor_allow(self, allow: Iterable[str]) -> None:
+        new = frozenset(allow)
+        if new == self.visitor_allow:
+            return
+        self.visitor_allow = new
+        for v in self.viewers:
+            slot = self.slots.get(v.id)
+            if slot is not None:
+                v.permissions = self.effective(slot.permissions)
+                v.send(PermissionsUpdate(permissions=tuple(sorted(v.permissions))))
+
+    # --- replay -------------------------------------------------------------------
+    def replay(self, peer: Peer, resume_epoch: int = 0, resume_seq: int = 0) -> None:
+        """Send the log to ``peer``: from after ``resume_seq`` when possible, else whole."""
+        log_ = self.log
+        start = 0
+        if log_ and resume_epoch == self.epoch and self.log_first_seq <= resume_seq + 1 <= self.seq + 1:
+            start = resume_seq + 1 - self.log_first_seq
+        write = peer.outbox.link.write
+        for frame in log_[start:]:
+            write(frame)  # bounded by log_max_bytes; the sweeper watches the link
+        for kind, frame in self.latest.items():
+            peer.outbox.send(frame, Routing.LATEST, kind)
+
+    # --- frames from the visitor (hot path) -----------------------------------------
+    def from_visitor(self, peer: Peer, data: bytes) -> None:
+        h = peek(data, self.hub.config.limits)
+        routing = h.routing
+        if routing is _ORDERED:
+            if self.state is not SessionState.LIVE:
+                return  # nothing streams before the visitor accepted
+            kind = h.kind
+            if kind != Kind.DOM_KEYFRAME and not self.log:
+                self._ask_keyframe("no keyframe")
+                return
+            self.seq += 1
+            frame = stamp(data, self.epoch, self.seq)
+            if kind == Kind.DOM_KEYFRAME:
+                self.log = [frame]
+                self.log_first_seq = self.seq
+                self.log_bytes = len(frame)
+                self.resync_asked = False
+            else:
+                self.log.append(frame)
+                self.log_bytes += len(frame)
+                if self.log_bytes > self.hub.config.log_max_bytes:
+                    self._ask_keyframe("log full")
+            for v in self.viewers:
+                v.outbox.send(frame, _ORDERED, kind)
+        elif routing is _LATEST:
+            if self.state is not SessionState.LIVE:
+                return
+            kind = h.kind
+            self.latest[kind] = data
+            for v in self.viewers:
+                v.outbox.send(data, _LATEST, kind)
+        elif h.info.senders.isdisjoint(_VISITOR_ROLE):
+            raise ProtocolError("bad_value", f"{h.kind.name} is not sent by visitors")
+        else:
+            msg = decode(data, self.hub.config.limits)
+            self.hub.listener.message(self, peer, msg)
+
+    def _ask_keyframe(self, reason: str) -> None:
+        if self.visitor is not None and not self.resync_asked:
+            self.resync_asked = True
+            self.visitor.send(ResyncRequest(reason=reason))
+
+    # --- frames from a viewer ----------------------------------------------------------
+    def from_viewer(self, peer: Peer, data: bytes) -> None:
+        h = peek(data, self.hub.config.limits)
+        if h.routing is _CONTROL:
+            perm = h.info.permission
+            if perm is not None and perm.value not in peer.permissions:
+                self.forbidden += 1
+                if h.kind not in peer.warned:
+                    peer.warned.add(h.kind)
+                    peer.send(Error(code="forbidden", message=f"{perm.value} is not granted"))
+                return
+            decode(data, self.hub.config.limits)  # control frames are small: validate for the visitor
+            if perm is not None:
+                self.features.add(perm.value)
+            if self.visitor is not None and self.state is SessionState.LIVE:
+                self.visitor.outbox.send(data, _CONTROL, h.kind)
+        elif h.info.senders.isdisjoint(_VIEWER_ROLE):
+            raise ProtocolError("bad_value", f"{h.kind.name} is not sent by viewers")
+        else:
+            msg = decode(data, self.hub.config.limits)
+            self.hub.listener.message(self, peer, msg)
+
+
+_VISITOR_ROLE = frozenset({Role.VISITOR})
+_VIEWER_ROLE = frozenset({Role.VIEWER})
+
+
+class Hub:
+    """All rooms of this node."""
+
+    def __init__(self, config: HubConfig, listener: Listener) -> None:
+        self.config = config
+        self.listener = listener
+        self.rooms: dict[str, Room] = {}
+
+    def room(self, visitor_id: str) -> Room:
+        room = self.rooms.get(visitor_id)
+        if room is None:
+            room = self.rooms[visitor_id] = Room(self, visitor_id)
+        return room
+
+    def forget_if_idle(self, room: Room) -> None:
+        if room.visitor is None and room.state is None and not room.slots:
+            self.rooms.pop(room.visitor_id, None)
+
+    def new_peer(self, role: str, peer_id: str, link: Link, room: Room) -> Peer:
+        outbox = Outbox(link, self.config.high_water, self.config.max_ordered)
+        return Peer(role, peer_id, outbox, room)
+
+    def drained(self, peer: Peer) -> None:
+        """The peer's link buffer fell below its low mark."""
+        if peer.outbox.drain():
+            peer.room.replay(peer)
+
+    def peers(self) -> Iterable[Peer]:
+        for room in self.rooms.values():
+            if room.visitor is not None:
+                yield room.visitor
+            yield from room.viewers
+
+    def sweep(self, now: float | None = None) -> None:
+        """Close stuck peers; expire rooms whose visitor or viewers left too long ago."""
+        now = time.monotonic() if now is None else now
+        cfg = self.config
+        for peer in list(self.peers()):
+            if peer.outbox.backed_up():
+                if peer.stalled_since is None:
+                    peer.stalled_since = now
+                elif now - peer.stalled_since > cfg.slow_timeout:
+                    log.info("closing slow %s %s", peer.role, peer.id)
+                    peer.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            else:
+                peer.stalled_since = None
+                if peer.outbox.needs_resync or peer.outbox.queue:
+                    self.drained(peer)
+        for room in list(self.rooms.values()):
+            if room.state is None:
+                continue
+            left = room.visitor_left_at
+            if room.visitor is None and left is not None and now - left > cfg.resume_window:
+                room.end_session("visitor_gone")
+                continue
+            for slot in list(room.slots.values()):
+                if slot.peer is None and slot.left_at is not None and now - slot.left_at > cfg.resume_window:
+                    del room.slots[slot.viewer_id]
+            if room.state is not None and not room.slots:
+                room.end_session("agent_left")
+
+    def close_all(self, code: int, reason: str) -> None:
+        for peer in list(self.peers()):
+            peer.close(code, reason)

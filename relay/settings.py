@@ -1,0 +1,217 @@
+"""Settings: read once from the environment, frozen, passed explicitly.
+
+:meth:`Settings.from_env` is the only place that reads ``os.environ``. A bad
+value raises :class:`SettingsError` whose message is one line naming the
+variable; ``python -m relay`` prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from urllib.parse import urlsplit
+
+from protocol import Limits
+
+__all__ = ["Settings", "SettingsError", "VARIABLES"]
+
+log = logging.getLogger("relay.settings")
+
+
+class SettingsError(ValueError):
+    """One line, naming the variable."""
+
+
+# name: (default shown in docs, meaning). The README's table follows this.
+VARIABLES: dict[str, tuple[str, str]] = {
+    "PORT": ("5002", "TCP port to listen on"),
+    "HOST": ("127.0.0.1", "address to bind; 0.0.0.0 to listen on every interface"),
+    "BASE_ENDPOINT": ("http://HOST:PORT", "public base URL; its path is the mount point of every route"),
+    "SECRET_KEY": ("generated", "key that signs watch grants (>= 16 chars); kept in DATA_DIR/secret_key when unset"),
+    "REST_KEY": ("unset", "enables the REST API; clients send it in the Authorization header"),
+    "DATA_DIR": ("./data", "where the embedded SQLite store and the generated secret live"),
+    "REDIS_URL": ("unset", "Redis for cluster mode (not yet supported by this node: start-up refuses it)"),
+    "ALLOWED_ORIGINS": ("BASE_ENDPOINT's origin", "comma-separated origins whose pages may open visitor sockets; * for any"),
+    "NODE_NAME": ("hostname", "this node's name in WELCOME and the live-session API"),
+    "GRANT_TTL": ("600", "seconds a watch URL stays valid"),
+    "RESUME_WINDOW": ("60", "seconds a session's state is kept for a dropped visitor or viewer"),
+    "MAX_FRAME": ("65536", "bytes: largest frame of any kind but keyframes"),
+    "MAX_KEYFRAME": ("8388608", "bytes: largest DOM keyframe or screen frame"),
+    "QUEUE_MAX_BYTES": ("1048576", "bytes of ordered frames queued for one viewer before it is resynchronised"),
+    "SLOW_TIMEOUT": ("10", "seconds a peer may stay undrained before it is closed as slow (4001)"),
+    "PING_INTERVAL": ("20", "seconds between keepalive pings"),
+    "PING_TIMEOUT": ("20", "seconds without a pong before a socket is dead"),
+    "LOG_LEVEL": ("info", "debug, info, warning or error"),
+}
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}: {value} is out of range {lo}..{hi}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name}: {value} is out of range {lo}..{hi}")
+    return value
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 5002
+    base_url: str = "http://127.0.0.1:5002"  # no trailing slash
+    base_path: str = ""  # "" or "/mount", no trailing slash
+    secret_key: bytes = b""
+    rest_key: str | None = None
+    data_dir: Path = Path("data")
+    redis_url: str | None = None
+    allowed_origins: frozenset[str] = frozenset()  # lower-case origins; "*" admits any
+    node_name: str = "relay"
+    grant_ttl: float = 600.0
+    resume_window: float = 60.0
+    max_frame: int = 64 * 1024
+    max_keyframe: int = 8 * 1024 * 1024
+    queue_max_bytes: int = 1024 * 1024
+    slow_timeout: float = 10.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    log_level: str = "info"
+    handshake_timeout: float = 10.0
+    log_max_bytes: int = 16 * 1024 * 1024  # session log size that asks the visitor for a new keyframe
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_frame=self.max_frame, max_keyframe=self.max_keyframe)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if "*" in self.allowed_origins:
+            return True
+        return origin is not None and origin.lower() in self.allowed_origins
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        port = _int(env, "PORT", 5002, 1, 65535)
+        host = env.get("HOST", "").strip() or "127.0.0.1"
+        base_url, base_path = cls._base(env, host, port)
+        data_dir = Path(env.get("DATA_DIR", "").strip() or "data")
+        rest_key = env.get("REST_KEY") or None
+        if rest_key is not None and len(rest_key) < 4:
+            raise SettingsError("REST_KEY: must be at least 4 characters")
+        redis_url = env.get("REDIS_URL", "").strip() or None
+        if redis_url is not None:
+            if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+                raise SettingsError(f"REDIS_URL: expected redis://, rediss:// or unix://, got {redis_url!r}")
+            raise SettingsError("REDIS_URL: cluster mode is not available in this version; unset it")
+        level = (env.get("LOG_LEVEL", "").strip() or "info").lower()
+        if level not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"LOG_LEVEL: expected debug, info, warning or error, got {level!r}")
+        max_frame = _int(env, "MAX_FRAME", 64 * 1024, 1024, 16 * 1024 * 1024)
+        max_keyframe = _int(env, "MAX_KEYFRAME", 8 * 1024 * 1024, max_frame, 256 * 1024 * 1024)
+        return cls(
+            host=host,
+            port=port,
+            base_url=base_url,
+            base_path=base_path,
+            secret_key=_secret(env, data_dir),
+            rest_key=rest_key,
+            data_dir=data_dir,
+            redis_url=redis_url,
+            allowed_origins=_origins(env, base_url),
+            node_name=env.get("NODE_NAME", "").strip() or _hostname(),
+            grant_ttl=_float(env, "GRANT_TTL", 600.0, 1.0, 30 * 86400.0),
+            resume_window=_float(env, "RESUME_WINDOW", 60.0, 0.0, 86400.0),
+            max_frame=max_frame,
+            max_keyframe=max_keyframe,
+            queue_max_bytes=_int(env, "QUEUE_MAX_BYTES", 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024),
+            slow_timeout=_float(env, "SLOW_TIMEOUT", 10.0, 0.1, 3600.0),
+            ping_interval=_float(env, "PING_INTERVAL", 20.0, 0.1, 3600.0),
+            ping_timeout=_float(env, "PING_TIMEOUT", 20.0, 0.1, 3600.0),
+            log_level=level,
+        )
+
+    @staticmethod
+    def _base(env: Mapping[str, str], host: str, port: int) -> tuple[str, str]:
+        raw = env.get("BASE_ENDPOINT", "").strip()
+        if not raw:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            return f"http://{shown}:{port}", ""
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise SettingsError(f"BASE_ENDPOINT: expected http(s)://host[:port][/path], got {raw!r}")
+        path = parts.path.rstrip("/")
+        return f"{parts.scheme}://{parts.netloc}{path}", path
+
+
+def _origins(env: Mapping[str, str], base_url: str) -> frozenset[str]:
+    raw = env.get("ALLOWED_ORIGINS", "").strip()
+    if not raw:
+        return frozenset({_origin(base_url)})
+    out = set()
+    for item in (s.strip() for s in raw.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            out.add("*")
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise SettingsError(f"ALLOWED_ORIGINS: {item!r} is not an origin like https://shop.example.com")
+        out.add(_origin(item))
+    return frozenset(out)
+
+
+def _secret(env: Mapping[str, str], data_dir: Path) -> bytes:
+    raw = env.get("SECRET_KEY", "")
+    if raw:
+        if len(raw) < 16:
+            raise SettingsError("SECRET_KEY: must be at least 16 characters")
+        return raw.encode()
+    path = data_dir / "secret_key"
+    try:
+        if path.exists():
+            kept = path.read_text().strip()
+            if len(kept) >= 16:
+                return kept.encode()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fresh = secrets.token_urlsafe(32)
+        path.write_text(fresh + "\n")
+        path.chmod(0o600)
+    except OSError as e:
+        raise SettingsError(f"DATA_DIR: cannot keep the generated secret in {path}: {e.strerror}") from None
+    log.warning("SECRET_KEY is unset: using a generated key kept in %s", path)
+    return fresh.encode()
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname() or "relay"
+
+

@@ -1,0 +1,112 @@
+"""The storage port: what the core needs kept, nothing about how.
+
+Adapters (``sqlite.py`` now; Redis for clusters later) implement
+:class:`Store`; one contract suite in ``tests/relay/test_store_contract.py``
+runs against each. All times are Unix seconds (float).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Visitor", "SessionRecord", "Store", "SearchQuery", "parse_search"]
+
+
+@dataclass(slots=True)
+class Visitor:
+    short_id: str
+    unique_id: str = ""
+    identities: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    lookup_code: str = ""
+    device_type: str = ""
+    browser: str = ""
+    ip: str = ""
+    last_url: str = ""
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    online: bool = False
+    in_session: bool = False
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    id: str
+    visitor: str
+    agents: list[dict[str, str]] = field(default_factory=list)  # [{"id", "name"}]
+    observer: dict[str, str] = field(default_factory=dict)  # {"id", "name"} or {}
+    started: float = 0.0
+    ended: float | None = None
+    went_live: bool = False
+    features_used: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def length(self) -> float:
+        return max(0.0, (self.ended or self.started) - self.started)
+
+
+# --- search ----------------------------------------------------------------------
+# Free text terms match (case-insensitively, as substrings) short id, unique id,
+# identities, tags, lookup code and last URL; every term must match.
+# ``field:value`` terms narrow to one field. ``online:true|false`` filters.
+SEARCH_FIELDS = {
+    "id": "short_id",
+    "short_id": "short_id",
+    "unique_id": "unique_id",
+    "uid": "unique_id",
+    "identity": "identities",
+    "name": "identities",
+    "email": "identities",
+    "tag": "tags",
+    "code": "lookup_code",
+    "lookup_code": "lookup_code",
+    "url": "last_url",
+    "browser": "browser",
+    "device": "device_type",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    text: tuple[str, ...] = ()
+    fields: tuple[tuple[str, str], ...] = ()  # (column, value)
+    online: bool | None = None
+
+
+def parse_search(q: str) -> SearchQuery:
+    """Parse the documented search syntax; unknown ``x:y`` is free text."""
+    text: list[str] = []
+    fields_: list[tuple[str, str]] = []
+    online: bool | None = None
+    for term in q.split()[:20]:
+        name, colon, value = term.partition(":")
+        key = name.lower()
+        if colon and value and key == "online" and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            online = value.lower() in ("true", "yes", "1")
+        elif colon and value and key in SEARCH_FIELDS:
+            fields_.append((SEARCH_FIELDS[key], value))
+        else:
+            text.append(term)
+    return SearchQuery(tuple(text), tuple(fields_), online)
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> bool: ...
+
+    async def save_visitor(self, v: Visitor) -> None: ...
+    async def get_visitor(self, short_id: str) -> Visitor | None: ...
+    async def latest_visitors(self, limit: int) -> list[Visitor]: ...
+    async def search_visitors(self, q: SearchQuery, limit: int) -> list[Visitor]: ...
+    async def mark_all_offline(self) -> None: ...
+
+    async def use_nonce(self, nonce: str, expires: float) -> bool:
+        """Record ``nonce`` as used; False if it already was."""
+        ...
+
+    async def save_session(self, s: SessionRecord) -> None: ...
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+    async def sessions_for(self, short_id: str, limit: int) -> list[SessionRecord]: ...

@@ -1,0 +1,215 @@
+"""The embedded store: SQLite (stdlib) in WAL mode under ``DATA_DIR``.
+
+One connection, owned by one worker thread; the event loop never blocks on
+disk. WAL with ``synchronous=NORMAL`` keeps every committed write across a
+crash of the process (SIGKILL included); only a power loss may cost the last
+transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from .base import SearchQuery, SessionRecord, Visitor
+
+__all__ = ["SqliteStore"]
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS visitors (
+    short_id TEXT PRIMARY KEY,
+    unique_id TEXT NOT NULL DEFAULT '',
+    identities TEXT NOT NULL DEFAULT '[]',
+    tags TEXT NOT NULL DEFAULT '[]',
+    lookup_code TEXT NOT NULL DEFAULT '',
+    device_type TEXT NOT NULL DEFAULT '',
+    browser TEXT NOT NULL DEFAULT '',
+    ip TEXT NOT NULL DEFAULT '',
+    last_url TEXT NOT NULL DEFAULT '',
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    online INTEGER NOT NULL DEFAULT 0,
+    in_session INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS visitors_last_seen ON visitors (last_seen DESC);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    visitor TEXT NOT NULL,
+    agents TEXT NOT NULL DEFAULT '[]',
+    observer TEXT NOT NULL DEFAULT '{}',
+    started REAL NOT NULL,
+    ended REAL,
+    went_live INTEGER NOT NULL DEFAULT 0,
+    features_used TEXT NOT NULL DEFAULT '[]',
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS sessions_visitor ON sessions (visitor, started DESC);
+CREATE TABLE IF NOT EXISTS nonces (
+    nonce TEXT PRIMARY KEY,
+    expires REAL NOT NULL
+);
+"""
+
+_VISITOR_COLS = (
+    "short_id, unique_id, identities, tags, lookup_code, device_type, browser, ip, "
+    "last_url, first_seen, last_seen, online, in_session"
+)
+
+
+def _visitor(row: tuple[Any, ...]) -> Visitor:
+    return Visitor(
+        short_id=row[0],
+        unique_id=row[1],
+        identities=orjson.loads(row[2]),
+        tags=orjson.loads(row[3]),
+        lookup_code=row[4],
+        device_type=row[5],
+        browser=row[6],
+        ip=row[7],
+        last_url=row[8],
+        first_seen=row[9],
+        last_seen=row[10],
+        online=bool(row[11]),
+        in_session=bool(row[12]),
+    )
+
+
+def _session(row: tuple[Any, ...]) -> SessionRecord:
+    return SessionRecord(
+        id=row[0],
+        visitor=row[1],
+        agents=orjson.loads(row[2]),
+        observer=orjson.loads(row[3]),
+        started=row[4],
+        ended=row[5],
+        went_live=bool(row[6]),
+        features_used=orjson.loads(row[7]),
+        metadata=orjson.loads(row[8]),
+    )
+
+
+def _like(value: str) -> str:
+    escaped = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None, "store is closed"
+            return fn(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            self._db = db
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, connect)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._db is not None:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, shut)
+        self._pool.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        try:
+            return await self._run(lambda db: db.execute("SELECT 1").fetchone() == (1,))
+        except (sqlite3.Error, AssertionError, RuntimeError):
+            return False
+
+    async def save_visitor(self, v: Visitor) -> None:
+        row = (
+            v.short_id, v.unique_id, orjson.dumps(v.identities).decode(), orjson.dumps(v.tags).decode(),
+            v.lookup_code, v.device_type, v.browser, v.ip, v.last_url, v.first_seen, v.last_seen,
+            int(v.online), int(v.in_session),
+        )  # fmt: skip
+        sql = (
+            f"INSERT INTO visitors ({_VISITOR_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(short_id) DO UPDATE SET unique_id=excluded.unique_id, identities=excluded.identities, "
+            "tags=excluded.tags, lookup_code=excluded.lookup_code, device_type=excluded.device_type, "
+            "browser=excluded.browser, ip=excluded.ip, last_url=excluded.last_url, "
+            "last_seen=excluded.last_seen, online=excluded.online, in_session=excluded.in_session"
+        )
+        await self._run(lambda db: db.execute(sql, row))
+
+    async def get_visitor(self, short_id: str) -> Visitor | None:
+        sql = f"SELECT {_VISITOR_COLS} FROM visitors WHERE short_id = ?"
+        row = await self._run(lambda db: db.execute(sql, (short_id,)).fetchone())
+        return None if row is None else _visitor(row)
+
+    async def latest_visitors(self, limit: int) -> list[Visitor]:
+        sql = f"SELECT {_VISITOR_COLS} FROM visitors ORDER BY online DESC, last_seen DESC LIMIT ?"
+        rows = await self._run(lambda db: db.execute(sql, (limit,)).fetchall())
+        return [_visitor(r) for r in rows]
+
+    async def search_visitors(self, q: SearchQuery, limit: int) -> list[Visitor]:
+        where: list[str] = []
+        args: list[Any] = []
+        text_cols = ("short_id", "unique_id", "identities", "tags", "lookup_code", "last_url")
+        for term in q.text:
+            where.append("(" + " OR ".join(f"lower({c}) LIKE ? ESCAPE '\\'" for c in text_cols) + ")")
+            args.extend([_like(term)] * len(text_cols))
+        for col, value in q.fields:
+            where.append(f"lower({col}) LIKE ? ESCAPE '\\'")
+            args.append(_like(value))
+        if q.online is not None:
+            where.append("online = ?")
+            args.append(int(q.online))
+        clause = " AND ".join(where) or "1"
+        sql = f"SELECT {_VISITOR_COLS} FROM visitors WHERE {clause} ORDER BY online DESC, last_seen DESC LIMIT ?"
+        args.append(limit)
+        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
+        return [_visitor(r) for r in rows]
+
+    async def mark_all_offline(self) -> None:
+        await self._run(lambda db: db.execute("UPDATE visitors SET online = 0, in_session = 0"))
+
+    async def use_nonce(self, nonce: str, expires: float) -> bool:
+        def use(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM nonces WHERE expires < ?", (time.time(),))
+            cur = db.execute("INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?, ?)", (nonce, expires))
+            return cur.rowcount == 1
+
+        return await self._run(use)
+
+    async def save_session(self, s: SessionRecord) -> None:
+        row = (
+            s.id, s.visitor, orjson.dumps(s.agents).decode(), orjson.dumps(s.observer).decode(), s.started,
+            s.ended, int(s.went_live), orjson.dumps(s.features_used).decode(), orjson.dumps(s.metadata).decode(),
+        )  # fmt: skip
+        sql = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)"
+        await self._run(lambda db: db.execute(sql, row))
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        row = await self._run(lambda db: db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone())
+        return None if row is None else _session(row)
+
+    async def sessions_for(self, short_id: str, limit: int) -> list[SessionRecord]:
+        sql = "SELECT * FROM sessions WHERE visitor = ? ORDER BY started DESC LIMIT ?"
+        rows = await self._run(lambda db: db.execute(sql, (short_id, limit)).fetchall())
+        return [_session(r) for r in rows]

@@ -1,0 +1,1 @@
+"""Websocket transport: bytes <-> protocol <-> hub. No rules live here."""
