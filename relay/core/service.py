@@ -170,21 +170,10 @@ class Service:
     async def admit_viewer(self, hello: Hello, link: Link) -> Peer:
         slot, room = await self._viewer_slot(hello.token)
         peer = self.hub.new_peer("viewer", slot.viewer_id, link, room)
-        resume = self.signer.resume(
-            ResumeClaim(
-                visitor=room.visitor_id,
-                session=room.session_id,
-                viewer=slot.viewer_id,
-                agent_id=slot.agent_id,
-                agent_name=slot.agent_name,
-                permissions=tuple(sorted(slot.permissions)),
-                expires=time.time() + 12 * 3600,
-            )
-        )
         room.admit_viewer(
             slot,
             peer,
-            lambda p: p.outbox.link.write(self.welcome_viewer(p, resume)),
+            lambda p: p.outbox.link.write(self.welcome_viewer(p, slot)),
             hello.resume_epoch,
             hello.resume_seq,
         )
@@ -213,8 +202,20 @@ class Service:
         slot = ViewerSlot(secrets.token_hex(6), grant.agent_id, grant.agent_name, frozenset(grant.permissions))
         return slot, room
 
-    def welcome_viewer(self, peer: Peer, resume: str) -> bytes:
+    def welcome_viewer(self, peer: Peer, slot: ViewerSlot) -> bytes:
+        """WELCOME for a seated viewer, with a resume token for this session."""
         room = peer.room
+        resume = self.signer.resume(
+            ResumeClaim(
+                visitor=room.visitor_id,
+                session=room.session_id,
+                viewer=slot.viewer_id,
+                agent_id=slot.agent_id,
+                agent_name=slot.agent_name,
+                permissions=tuple(sorted(slot.permissions)),
+                expires=time.time() + 12 * 3600,
+            )
+        )
         return encode(
             Welcome(
                 version=PROTOCOL_VERSION,

@@ -132,4 +132,5 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+        # A peer that never reads would hold its buffer forever: abort after the timeout.
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)

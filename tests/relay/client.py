@@ -6,6 +6,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Coroutine
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -14,6 +15,21 @@ from websockets.exceptions import ConnectionClosed
 import protocol as p
 
 TIMEOUT = 5.0
+_open: list[ClientConnection] = []
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a scenario; close every socket it opened, whatever happened."""
+
+    async def scenario() -> Any:
+        try:
+            return await coro
+        finally:
+            sockets = list(_open)
+            _open.clear()
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+    return asyncio.run(scenario())
 
 
 def rest(relay: Any, method: str, path: str, body: Any = None, key: str | None = "default") -> tuple[int, Any]:
@@ -92,7 +108,7 @@ class Peer:
 async def open_socket(relay: Any, path: str, origin: str | None = "relay", **kw: Any) -> ClientConnection:
     if origin == "relay":
         origin = relay.origin
-    return await connect(
+    ws = await connect(
         f"{relay.ws_base}{path}",
         origin=origin,  # type: ignore[arg-type]
         compression=None,
@@ -100,6 +116,8 @@ async def open_socket(relay: Any, path: str, origin: str | None = "relay", **kw:
         open_timeout=TIMEOUT,
         **kw,
     )
+    _open.append(ws)
+    return ws
 
 
 async def visitor(relay: Any, client_id: str = "", **presence: Any) -> tuple[Peer, p.Welcome]:
