@@ -81,7 +81,8 @@ class Relay:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.proc.returncode
 
 
@@ -96,14 +97,14 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
 def relay_factory(tmp_path: Path) -> Iterator[type[Relay] | object]:
     started: list[Relay] = []
 
-    def make(data_dir: Path | None = None, **env: str) -> Relay:
-        r = Relay(data_dir or tmp_path / f"relay{len(started)}", **env)
+    def make(data_dir: Path | None = None, port: int | None = None, **env: str) -> Relay:
+        r = Relay(data_dir or tmp_path / f"relay{len(started)}", port=port, **env)
         started.append(r)
         return r
 
     yield make
     for r in started:
-        if r.proc is not None and r.proc.poll() is None:
+        if r.proc is not None:
             r.stop(signal.SIGKILL)
 
 
