@@ -57,6 +57,4 @@ def should_reconnect(code: int) -> bool:
     Unknown codes outside both ranges are treated as transient: a client
     that gives up on an unknown code strands its user for good.
     """
-    if code in TERMINAL:
-        return False
-    return True
+    return code not in TERMINAL

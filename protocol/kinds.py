@@ -170,9 +170,7 @@ _TABLE = [
 ]
 
 #: Indexed by the kind byte; ``None`` for unassigned codes. O(1) lookup.
-KIND_INFO: tuple[KindInfo | None, ...] = tuple(
-    next((i for i in _TABLE if i.kind == code), None) for code in range(256)
-)
+KIND_INFO: tuple[KindInfo | None, ...] = tuple(next((i for i in _TABLE if i.kind == code), None) for code in range(256))
 assert len(_TABLE) == len(Kind), "every Kind needs a row"
 
 

@@ -35,13 +35,12 @@ __all__ = [
     "Message", "MESSAGE_TYPES",
 ]  # fmt: skip
 
-_msg = dataclass(frozen=True, slots=True)
 Strs = tuple[str, ...]
 Points = tuple[tuple[float, float], ...]
 
 
 # --- handshake ---------------------------------------------------------------
-@_msg
+@dataclass(frozen=True, slots=True)
 class Hello:
     """First frame of every client. ``role`` is visitor, viewer or device.
 
@@ -61,7 +60,7 @@ class Hello:
     capabilities: Strs = ()
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Welcome:
     KIND: ClassVar[Kind] = Kind.WELCOME
     version: int
@@ -74,7 +73,7 @@ class Welcome:
     permissions: Strs = ()
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Error:
     """Non-fatal when ``close_code`` is 0; otherwise the socket closes next."""
 
@@ -84,7 +83,7 @@ class Error:
     close_code: int = 0
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Bye:
     KIND: ClassVar[Kind] = Kind.BYE
     code: int = 1000
@@ -92,7 +91,7 @@ class Bye:
 
 
 # --- visitor -> viewers --------------------------------------------------------
-@_msg
+@dataclass(frozen=True, slots=True)
 class DomKeyframe:
     """A full snapshot: ``data`` is a msgpack array of rrweb events (Meta,
     FullSnapshot, ...), opaque to the relay."""
@@ -101,7 +100,7 @@ class DomKeyframe:
     data: bytes
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class DomDelta:
     """Incremental rrweb events since the previous ordered frame."""
 
@@ -109,35 +108,35 @@ class DomDelta:
     data: bytes
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Pointer:
     KIND: ClassVar[Kind] = Kind.POINTER
     x: float
     y: float
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Scroll:
     KIND: ClassVar[Kind] = Kind.SCROLL
     x: float
     y: float
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Viewport:
     KIND: ClassVar[Kind] = Kind.VIEWPORT
     width: float
     height: float
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class UrlChange:
     KIND: ClassVar[Kind] = Kind.URL_CHANGE
     url: str
     title: str = ""
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class ScreenFrame:
     KIND: ClassVar[Kind] = Kind.SCREEN_FRAME
     mime: str
@@ -146,7 +145,7 @@ class ScreenFrame:
     image: bytes
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class ConsoleLines:
     KIND: ClassVar[Kind] = Kind.CONSOLE_LINES
     level: str
@@ -154,7 +153,7 @@ class ConsoleLines:
 
 
 # --- viewer -> visitor ---------------------------------------------------------
-@_msg
+@dataclass(frozen=True, slots=True)
 class Click:
     """``node`` is the rrweb mirror id of the clicked element; x/y are the
     page coordinates, used when the node is gone."""
@@ -166,7 +165,7 @@ class Click:
     button: int = 0
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class RemoteScroll:
     """Scroll ``node`` (0: the window) by dx/dy pixels."""
 
@@ -176,7 +175,7 @@ class RemoteScroll:
     dy: float
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Type:
     """Insert ``text`` into ``node``, or press ``key`` (a KeyboardEvent.key
     such as "Backspace" or "Enter") when text is empty."""
@@ -187,7 +186,7 @@ class Type:
     key: str = ""
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class DrawStroke:
     KIND: ClassVar[Kind] = Kind.DRAW_STROKE
     points: Points
@@ -195,29 +194,29 @@ class DrawStroke:
     width: float = 3.0
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class DrawClear:
     KIND: ClassVar[Kind] = Kind.DRAW_CLEAR
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Redirect:
     KIND: ClassVar[Kind] = Kind.REDIRECT
     url: str
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Reload:
     KIND: ClassVar[Kind] = Kind.RELOAD
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class ConsoleEval:
     KIND: ClassVar[Kind] = Kind.CONSOLE_EVAL
     code: str
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class ViewerPointer:
     KIND: ClassVar[Kind] = Kind.VIEWER_POINTER
     x: float
@@ -225,7 +224,7 @@ class ViewerPointer:
 
 
 # --- session control -----------------------------------------------------------
-@_msg
+@dataclass(frozen=True, slots=True)
 class SessionRequest:
     """Relay -> visitor: an agent asks to watch; ``permissions`` are granted."""
 
@@ -236,27 +235,27 @@ class SessionRequest:
     permissions: Strs = ()
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class SessionAccept:
     KIND: ClassVar[Kind] = Kind.SESSION_ACCEPT
     session: str = ""
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class SessionDecline:
     KIND: ClassVar[Kind] = Kind.SESSION_DECLINE
     session: str = ""
     reason: str = ""
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class SessionEnd:
     KIND: ClassVar[Kind] = Kind.SESSION_END
     session: str = ""
     reason: str = ""
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class ResyncRequest:
     """Ask for (viewer -> relay) or demand (relay -> visitor) a new keyframe."""
 
@@ -264,7 +263,7 @@ class ResyncRequest:
     reason: str = ""
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class PermissionsUpdate:
     """Visitor -> relay: what the page allows; relay -> viewer: what is in force."""
 
@@ -272,7 +271,7 @@ class PermissionsUpdate:
     permissions: Strs
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Presence:
     """Visitor -> relay: who and where the visitor is. No page content."""
 
@@ -289,7 +288,7 @@ class Presence:
 
 
 # --- device agent --------------------------------------------------------------
-@_msg
+@dataclass(frozen=True, slots=True)
 class Inventory:
     KIND: ClassVar[Kind] = Kind.INVENTORY
     hostname: str
@@ -304,14 +303,14 @@ class Inventory:
     agent_version: str = ""
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class CmdReboot:
     KIND: ClassVar[Kind] = Kind.CMD_REBOOT
     id: str
     safe: bool = False
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class CmdWake:
     KIND: ClassVar[Kind] = Kind.CMD_WAKE
     id: str
@@ -319,13 +318,13 @@ class CmdWake:
     broadcast: str = "255.255.255.255"
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class CmdLogout:
     KIND: ClassVar[Kind] = Kind.CMD_LOGOUT
     id: str
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class CmdResult:
     KIND: ClassVar[Kind] = Kind.CMD_RESULT
     id: str
@@ -333,7 +332,7 @@ class CmdResult:
     message: str = ""
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class DeviceStatus:
     KIND: ClassVar[Kind] = Kind.DEVICE_STATUS
     status: str
@@ -341,13 +340,13 @@ class DeviceStatus:
 
 
 # --- keepalive -----------------------------------------------------------------
-@_msg
+@dataclass(frozen=True, slots=True)
 class Ping:
     KIND: ClassVar[Kind] = Kind.PING
     t: int = 0
 
 
-@_msg
+@dataclass(frozen=True, slots=True)
 class Pong:
     KIND: ClassVar[Kind] = Kind.PONG
     t: int = 0

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from protocol import CloseCode
 
 from .api import onprem, pages
-from .api._http import ApiError, error
+from .api._http import JSON, ApiError, error
 from .core.service import Service
 from .settings import Settings
 from .storage import open_storage
@@ -42,7 +42,7 @@ async def health(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     service: Service = request.app.state.service
-    return onprem.JSON(service.stats())
+    return JSON(service.stats())
 
 
 def _routes() -> list[BaseRoute]:

@@ -13,7 +13,6 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
 from urllib.parse import urlsplit
 
 from protocol import Limits
@@ -36,7 +35,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "REST_KEY": ("unset", "enables the REST API; clients send it in the Authorization header"),
     "DATA_DIR": ("./data", "where the embedded SQLite store and the generated secret live"),
     "REDIS_URL": ("unset", "Redis for cluster mode (not yet supported by this node: start-up refuses it)"),
-    "ALLOWED_ORIGINS": ("BASE_ENDPOINT's origin", "comma-separated origins whose pages may open visitor sockets; * for any"),
+    "ALLOWED_ORIGINS": (
+        "BASE_ENDPOINT's origin",
+        "comma-separated origins whose pages may open visitor sockets; * for any",
+    ),
     "NODE_NAME": ("hostname", "this node's name in WELCOME and the live-session API"),
     "GRANT_TTL": ("600", "seconds a watch URL stays valid"),
     "RESUME_WINDOW": ("60", "seconds a session's state is kept for a dropped visitor or viewer"),
@@ -213,5 +215,3 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname() or "relay"
-
-

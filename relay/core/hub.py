@@ -92,6 +92,15 @@ class SessionState(Enum):
 _ORDERED, _LATEST, _CONTROL = Routing.ORDERED, Routing.LATEST, Routing.CONTROL
 
 
+class _Held:
+    """A frame held while the link is backed up; latest-wins entries are rewritten in place."""
+
+    __slots__ = ("frame", "kind", "ordered")
+
+    def __init__(self, kind: int, frame: bytes, ordered: int) -> None:
+        self.kind, self.frame, self.ordered = kind, frame, ordered
+
+
 class Outbox:
     """One peer's outbound path: the link, and what is held while it is backed up."""
 
@@ -101,8 +110,8 @@ class Outbox:
         self.link = link
         self.high = high
         self.max_ordered = max_ordered
-        self.queue: deque[list[object]] = deque()  # [kind, frame, ordered bytes]
-        self._latest: dict[int, list[object]] = {}
+        self.queue: deque[_Held] = deque()
+        self._latest: dict[int, _Held] = {}
         self.held_ordered = 0
         self.needs_resync = False
 
@@ -114,23 +123,22 @@ class Outbox:
             self.link.write(frame)
             return
         if routing is _LATEST:
-            entry = self._latest.get(kind)
-            if entry is not None:
-                entry[1] = frame
+            held = self._latest.get(kind)
+            if held is not None:
+                held.frame = frame  # the older position, the newer value
                 return
-            entry = [kind, frame, 0]
-            self._latest[kind] = entry
-            self.queue.append(entry)
+            held = self._latest[kind] = _Held(kind, frame, 0)
+            self.queue.append(held)
         elif routing is _ORDERED:
             if self.needs_resync:
                 return  # the log holds it; the resync will deliver it
-            self.queue.append([kind, frame, len(frame)])
+            self.queue.append(_Held(kind, frame, len(frame)))
             self.held_ordered += len(frame)
             if self.held_ordered > self.max_ordered:
                 self.clear()
                 self.needs_resync = True
         else:
-            self.queue.append([kind, frame, 0])
+            self.queue.append(_Held(kind, frame, 0))
 
     def clear(self) -> None:
         self.queue.clear()
@@ -141,12 +149,12 @@ class Outbox:
         """Move held frames to the link while it has room. True when a resync is due."""
         q = self.queue
         while q and self.link.buffered() < self.high:
-            kind, frame, ordered = q.popleft()
-            if ordered:
-                self.held_ordered -= ordered  # type: ignore[operator]
-            elif self._latest.get(kind) is not None and self._latest[kind][1] is frame:  # type: ignore[index]
-                del self._latest[kind]  # type: ignore[arg-type]
-            self.link.write(frame)  # type: ignore[arg-type]
+            held = q.popleft()
+            if held.ordered:
+                self.held_ordered -= held.ordered
+            elif self._latest.get(held.kind) is held:
+                del self._latest[held.kind]
+            self.link.write(held.frame)
         if not q and self.needs_resync and self.link.buffered() < self.high:
             self.needs_resync = False
             return True

@@ -24,6 +24,7 @@ from protocol import (
     Error,
     Hello,
     Message,
+    PermissionsUpdate,
     Ping,
     Pong,
     Presence,
@@ -32,7 +33,6 @@ from protocol import (
     SessionAccept,
     SessionDecline,
     SessionEnd,
-    PermissionsUpdate,
     Welcome,
     encode,
 )
@@ -196,9 +196,7 @@ class Service:
         room = self.hub.room(grant.visitor)
         if room.state is None:
             room.metadata = dict(grant.metadata)
-            room.observer = (
-                {"id": grant.observer_id, "name": grant.observer_name} if grant.observer_id else {}
-            )
+            room.observer = {"id": grant.observer_id, "name": grant.observer_name} if grant.observer_id else {}
         slot = ViewerSlot(secrets.token_hex(6), grant.agent_id, grant.agent_name, frozenset(grant.permissions))
         return slot, room
 

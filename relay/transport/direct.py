@@ -64,7 +64,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         if getattr(self, "scope", None) is not None and self.response.status_code == 101:
-            self.scope["extensions"][LINK_KEY] = self  # type: ignore[index]
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[LINK_KEY] = self
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -75,16 +76,16 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def attach(self, sink: Callable[[bytes], None], on_drain: Callable[[], None]) -> None:
         """Switch to the direct path; messages already queued go to ``sink`` first."""
-        pending = []
+        pending: list[dict[str, Any]] = []
         while not self.queue.empty():
-            pending.append(self.queue.get_nowait())
+            pending.append(dict(self.queue.get_nowait()))
         self.sink, self.on_drain = sink, on_drain
         for message in pending:
             data = message.get("bytes")
-            if message["type"] == "websocket.receive" and data is not None:
+            if message["type"] == "websocket.receive" and isinstance(data, bytes):
                 sink(data)
             else:
-                self.queue.put_nowait(message)
+                self.queue.put_nowait(message)  # type: ignore[arg-type]
         if self.read_paused and self.queue.empty():
             self.read_paused = False
             self.transport.resume_reading()

@@ -57,7 +57,7 @@ def test_stuck_viewer_does_not_slow_the_visitor_or_the_fast_viewer(relay: Any) -
                 seqs.append(p.peek(await fast.recv_frame(TIMEOUT)).seq)
             return seqs
 
-        sent, seqs = await asyncio.wait_for(asyncio.gather(send_all(), receive_all()), 20)
+        _, seqs = await asyncio.wait_for(asyncio.gather(send_all(), receive_all()), 20)
         assert seqs == list(range(2, COUNT + 2))  # every delta, in order, none lost
 
         # The stuck one now reads: its queue overflowed, so after the backlog it is
@@ -81,7 +81,7 @@ def test_viewer_stuck_past_the_slow_timeout_is_closed_with_4001(relay_factory: A
 
     async def scenario() -> None:
         vis, fast, slow = await _fill(relay, "BACKP00002")
-        for i in range(60):
+        for _ in range(60):
             await vis.send(p.DomDelta(data=b"x" * FRAME))
         for _ in range(60):
             await fast.recv_frame()

@@ -70,7 +70,7 @@ def test_base_endpoint_with_a_path_mounts_everything_under_it(relay_factory: Any
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health")
 
     async def scenario() -> None:
-        vis, _ = await visitor(r, "MOUNTED001")
+        await visitor(r, "MOUNTED001")
         await asyncio.sleep(0.1)
         status, answer = rest(r, "POST", "/api/visitors/MOUNTED001/watch_url", {"agent": {"id": "1", "name": "A"}})
         assert status == 200

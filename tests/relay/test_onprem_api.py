@@ -28,8 +28,15 @@ def people(relay: Any) -> dict[str, str]:
             tags=("#vip",),
             lookup_code="4321",
         )
-        await ann.send(p.Presence(url="https://shop.example/cart", unique_id="user-17",
-                                  identities=("Ann Example", "ann@example.com"), tags=("#vip",), lookup_code="4321"))
+        await ann.send(
+            p.Presence(
+                url="https://shop.example/cart",
+                unique_id="user-17",
+                identities=("Ann Example", "ann@example.com"),
+                tags=("#vip",),
+                lookup_code="4321",
+            )
+        )
         bob, _ = await visitor(relay, "APIBOB0001")
         await bob.send(p.Presence(url="https://shop.example/help", identities=("Bob",), lookup_code="9876"))
         await asyncio.sleep(0.3)
@@ -81,7 +88,9 @@ def test_latest_lists_visitors_with_the_seed_fields(relay: Any, people: dict[str
         ("100%_", set()),
     ],
 )
-def test_search_matches_free_text_and_field_terms(relay: Any, people: dict[str, str], query: str, expected: set[str]) -> None:
+def test_search_matches_free_text_and_field_terms(
+    relay: Any, people: dict[str, str], query: str, expected: set[str]
+) -> None:
     status, body = rest(relay, "GET", f"/api/visitors/list/search?search={quote(query)}")
     assert status == 200 and body["status"] == "ok"
     found = {v["short_id"] for v in body["visitors"]} & {"APIANN0001", "APIBOB0001"}
@@ -143,10 +152,25 @@ def test_watch_url_applies_permissions_observer_and_metadata(relay: Any, people:
         ({"agent": {"id": "1", "name": "x"}, "metadata": {"a": {"nested": 1}}}, 400, "invalid_field", "metadata.a"),
         ({"agent": {"id": "1", "name": "x"}, "metadata": {"a": [1]}}, 400, "invalid_field", "metadata.a"),
         ({"agent": {"id": "1", "name": "x"}, "metadata": "flat?"}, 400, "invalid_field", "metadata"),
-        ({"agent": {"id": "1", "name": "x"}, "permissions": {"allow_click": "yes"}}, 400, "invalid_field", "permissions.allow_click"),
-        ({"agent": {"id": "1", "name": "x"}, "permissions": {"allow_clik": True}}, 400, "unknown_field", "permissions.allow_clik"),
+        (
+            {"agent": {"id": "1", "name": "x"}, "permissions": {"allow_click": "yes"}},
+            400,
+            "invalid_field",
+            "permissions.allow_click",
+        ),
+        (
+            {"agent": {"id": "1", "name": "x"}, "permissions": {"allow_clik": True}},
+            400,
+            "unknown_field",
+            "permissions.allow_clik",
+        ),
         ({"agent": {"id": "1", "name": "x"}, "branding": {"naked": "true"}}, 400, "invalid_field", "branding.naked"),
-        ({"agent": {"id": "1", "name": "x"}, "branding": {"on_end_url": "javascript:alert(1)"}}, 400, "invalid_field", "branding.on_end_url"),
+        (
+            {"agent": {"id": "1", "name": "x"}, "branding": {"on_end_url": "javascript:alert(1)"}},
+            400,
+            "invalid_field",
+            "branding.on_end_url",
+        ),
         ({"agent": {"id": "1", "name": "x"}, "licenseToken": 5}, 400, "invalid_field", "licenseToken"),
     ],
 )

@@ -86,7 +86,12 @@ def test_reused_token_is_refused_with_4506(relay: Any) -> None:
         (lambda: b"\x01\x7f" + b"\x00" * 14 + b"\x80", p.CloseCode.UNKNOWN_KIND),
         (lambda: b"\x09" + p.encode(p.Reload())[1:], p.CloseCode.UNSUPPORTED_VERSION),
         (lambda: p.encode(p.Reload()) + b"\xc1", p.CloseCode.PROTOCOL_ERROR),
-        (lambda: p.encode(p.Click(node=1, x=0, y=0)).replace(b"\x00\xa1y\x00", b"\x00\xa1y\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00"), p.CloseCode.PROTOCOL_ERROR),
+        (
+            lambda: p.encode(p.Click(node=1, x=0, y=0)).replace(
+                b"\x00\xa1y\x00", b"\x00\xa1y\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00"
+            ),
+            p.CloseCode.PROTOCOL_ERROR,
+        ),
         (lambda: p.encode(p.DomDelta(data=b"from a viewer")), p.CloseCode.FORBIDDEN),
         (lambda: b"x" * (70 * 1024), p.CloseCode.FRAME_TOO_BIG),
     ],
