@@ -124,7 +124,7 @@ def test_overflowing_viewer_is_resent_the_log_and_the_other_viewer_is_untouched(
 def test_sweep_closes_a_peer_backed_up_past_the_slow_timeout() -> None:
     hub, _ = make_hub(slow_timeout=10.0)
     room, _, _ = live_room(hub)
-    stuck, link = seat(hub, room, "w2")
+    _, link = seat(hub, room, "w2")
     link.stuck = 10**6
     hub.sweep(now=100.0)
     assert link.closed is None

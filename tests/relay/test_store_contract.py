@@ -36,7 +36,9 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Call
 
 def test_saved_visitor_reads_back_and_updates_in_place(open_store: Any) -> None:
     async def body(store: Store) -> None:
-        v = Visitor("ABC123", unique_id="u1", identities=["Ann"], tags=["#a"], first_seen=1.0, last_seen=2.0, online=True)
+        v = Visitor(
+            "ABC123", unique_id="u1", identities=["Ann"], tags=["#a"], first_seen=1.0, last_seen=2.0, online=True
+        )
         await store.save_visitor(v)
         assert await store.get_visitor("ABC123") == v
         v.identities, v.last_seen, v.first_seen = ["Ann B"], 3.0, 99.0
