@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 import struct
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no stubs, no py.typed
 
 from .errors import ProtocolError
 from .kinds import KIND_INFO, Kind, KindInfo, Role, Routing
@@ -232,7 +233,8 @@ def encode(msg: Message, *, epoch: int = 0, seq: int = 0) -> bytes:
         elif f.is_points:
             v = [(_canon(x), _canon(y)) for x, y in v]
         body[f.name] = v
-    return _HEADER.pack(WIRE_VERSION, kind, 0, epoch, seq) + msgpack.packb(body, use_bin_type=True)
+    payload: bytes = msgpack.packb(body, use_bin_type=True)
+    return _HEADER.pack(WIRE_VERSION, kind, 0, epoch, seq) + payload
 
 
 # --- decode ----------------------------------------------------------------------
@@ -260,7 +262,9 @@ def _unpack(payload: memoryview, limits: Limits, size_limit: int) -> Any:
             max_bin_len=size_limit,
             max_array_len=limits.max_list,
             max_map_len=64,
-            max_ext_len=size_limit,
+            # 0: every ext with a body fails the length check, before msgpack's
+            # built-in timestamp (-1) handling, which bypasses ext_hook.
+            max_ext_len=0,
         )
     except ProtocolError:
         raise
@@ -269,6 +273,8 @@ def _unpack(payload: memoryview, limits: Limits, size_limit: int) -> Any:
             if isinstance(e, cls):
                 raise ProtocolError(code, str(e)) from None
         text = str(e)
+        if "max_ext_len" in text or "timestamp" in text:
+            raise ProtocolError("ext_type", text) from None
         if "incomplete input" in text:
             raise ProtocolError("truncated") from None
         if "exceeds max_" in text:
@@ -284,6 +290,9 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
     body = _unpack(memoryview(data)[HEADER_SIZE:], limits, limits.frame_limit(header.info))
     if type(body) is not dict:
         raise ProtocolError("not_a_map", type(body).__name__)
+    for key in body:  # strict_map_key admits bytes keys too
+        if type(key) is not str:
+            raise ProtocolError("bad_key", type(key).__name__)
     kwargs: dict[str, Any] = {}
     for f in _SPECS[header.kind]:
         if f.name in body:
