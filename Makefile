@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-test
+RUNSTAMP := $(VENV)/.installed-run
 WEB    := relay/web
 BUNDLE := $(WEB)/dist/sdk.js
 
@@ -12,16 +13,22 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+$(RUNSTAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	@touch $@
+
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
-	@touch $@
+	@touch $@ $(RUNSTAMP)
 
 install: $(STAMP)
 
 # The browser bundle is generated, never committed. Without node the relay
 # still runs; the SDK, viewer and console pages answer 503 until it is built.
 web:
-	@if command -v npm >/dev/null 2>&1; then \
+	@if [ ! -f $(WEB)/package.json ]; then \
+		echo "note: $(WEB)/package.json not found: no browser bundle to build."; \
+	elif command -v npm >/dev/null 2>&1; then \
 		if [ ! -d $(WEB)/node_modules ] || [ $(WEB)/package-lock.json -nt $(WEB)/node_modules/.package-lock.json ]; then \
 			(cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error); fi; \
 		(cd $(WEB) && npm run --silent build); \
@@ -30,7 +37,7 @@ web:
 		echo "      install Node.js 18+ and run 'make web' to enable co-browsing pages."; \
 	fi
 
-run: install web
+run: $(RUNSTAMP) web
 	$(PY) -m relay
 
 lint: install
