@@ -208,3 +208,24 @@ def test_visitor_frames_of_another_role_raise_a_protocol_error(kind: p.Message) 
     room, vis, _ = live_room(hub)
     with pytest.raises(p.ProtocolError):
         room.from_visitor(vis, p.encode(kind))
+
+
+def test_a_visitor_gone_past_the_resume_window_ends_the_session() -> None:
+    hub, listener = make_hub(resume_window=30.0)
+    room, vis, _ = live_room(hub)
+    room.detach_visitor(vis)
+    left = room.visitor_left_at
+    assert left is not None
+    hub.sweep(now=left + 29)
+    assert room.state is not None
+    hub.sweep(now=left + 31)
+    assert listener.ended == ["visitor_gone"] and "V1" not in hub.rooms
+
+
+def test_an_allow_list_of_none_leaves_a_viewer_no_control() -> None:
+    hub, _ = make_hub()
+    room, _, _ = live_room(hub)
+    room.set_visitor_allow(["none"])
+    assert room.viewers[0].permissions == frozenset()
+    room.set_visitor_allow([])
+    assert room.viewers[0].permissions == frozenset({"click"})
