@@ -45,7 +45,8 @@ from protocol import (
     peek,
     stamp,
 )
-from protocol.codec import Limits
+from protocol.codec import HEADER_SIZE, WIRE_VERSION, Limits
+from protocol.kinds import KindInfo
 
 __all__ = ["Link", "Listener", "Outbox", "Peer", "Room", "Hub", "SessionState", "HubConfig"]
 
@@ -395,12 +396,12 @@ class Room:
 
     # --- frames from the visitor (hot path) -----------------------------------------
     def from_visitor(self, peer: Peer, data: bytes) -> None:
-        h = peek(data, self.hub.config.limits)
-        routing = h.routing
+        info = _fast_peek(data, self.hub.config.limits)
+        routing = info.routing
         if routing is _ORDERED:
             if self.state is not SessionState.LIVE:
                 return  # nothing streams before the visitor accepted
-            kind = h.kind
+            kind = info.kind
             if kind != Kind.DOM_KEYFRAME and not self.log:
                 self._ask_keyframe("no keyframe")
                 return
@@ -421,12 +422,12 @@ class Room:
         elif routing is _LATEST:
             if self.state is not SessionState.LIVE:
                 return
-            kind = h.kind
+            kind = info.kind
             self.latest[kind] = data
             for v in self.viewers:
                 v.outbox.send(data, _LATEST, kind)
-        elif h.info.senders.isdisjoint(_VISITOR_ROLE):
-            raise ProtocolError("bad_value", f"{h.kind.name} is not sent by visitors")
+        elif info.senders.isdisjoint(_VISITOR_ROLE):
+            raise ProtocolError("bad_value", f"{info.kind.name} is not sent by visitors")
         else:
             msg = decode(data, self.hub.config.limits)
             self.hub.listener.message(self, peer, msg)
@@ -461,6 +462,19 @@ class Room:
 
 _VISITOR_ROLE = frozenset({Role.VISITOR})
 _VIEWER_ROLE = frozenset({Role.VIEWER})
+
+
+def _fast_peek(data: bytes, limits: Limits) -> KindInfo:
+    """:func:`protocol.peek` for the hot path: same checks, no header object.
+
+    Anything unusual goes to ``peek`` itself, which raises the precise error.
+    """
+    n = len(data)
+    if n >= HEADER_SIZE and data[0] == WIRE_VERSION and not data[2] and not data[3]:
+        info = KIND_INFO[data[1]]
+        if info is not None and n <= (limits.max_keyframe if info.big else limits.max_frame):
+            return info
+    return peek(data, limits).info
 
 
 class Hub:
