@@ -111,6 +111,18 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.sink = self.on_drain = None
         super().connection_lost(exc)
 
+    def keepalive_timeout(self) -> None:
+        """No pong within PING_TIMEOUT: close with 4002 (uvicorn's own says 1011)."""
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.sink = self.on_drain = None
+        self.conn.fail(CloseCode.KEEPALIVE_TIMEOUT, "keepalive timeout")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+
     # --- the hub's Link -----------------------------------------------------------------
     def write(self, frame: bytes) -> None:
         if self.close_sent or self.disconnected:
