@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from protocol import Limits
@@ -20,6 +21,7 @@ from protocol import Limits
 __all__ = ["Settings", "SettingsError", "VARIABLES"]
 
 log = logging.getLogger("relay.settings")
+N = TypeVar("N", int, float)
 
 
 class SettingsError(ValueError):
@@ -52,30 +54,26 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 
 
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+def _number(env: Mapping[str, str], name: str, default: N, lo: N, hi: N, kind: type[N]) -> N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise SettingsError(f"{name}: expected {what}, got {raw!r}") from None
     if not lo <= value <= hi:
         raise SettingsError(f"{name}: {value} is out of range {lo}..{hi}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    return _number(env, name, default, lo, hi, int)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise SettingsError(f"{name}: {value} is out of range {lo}..{hi}")
-    return value
+    return _number(env, name, default, lo, hi, float)
 
 
 def _origin(url: str) -> str:
