@@ -289,8 +289,8 @@ class Room:
         for v in list(self.viewers):
             v.outbox.send(ended_frame, Routing.SESSION, 0)
             v.close(viewer_code, reason)
-        if self.visitor is not None and reason != "visitor_ended":
-            self.visitor.send(ended)
+        if self.visitor is not None and viewer_code != CloseCode.DECLINED and reason != "visitor_ended":
+            self.visitor.send(ended)  # the visitor did not end it itself: tell it
         self.hub.listener.session_ended(self, reason)
         self.viewers.clear()
         self.slots.clear()

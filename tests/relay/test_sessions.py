@@ -156,6 +156,8 @@ def test_nothing_streams_before_the_visitor_accepts(relay: Any) -> None:
         declined = await view.recv()
         assert isinstance(declined, p.SessionDecline)
         assert await view.closed() == p.CloseCode.DECLINED
+        with pytest.raises(TimeoutError):  # the visitor, who declined, is told nothing more
+            await vis.recv(timeout=0.3)
 
     run(scenario())
 
