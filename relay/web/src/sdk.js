@@ -1,0 +1,821 @@
+// The visitor SDK: one <script src="{BASE}/sdk.js"> on any origin.
+//
+//   window.Cobrowse = window.Cobrowse || function(){(Cobrowse.q=Cobrowse.q||[]).push(arguments)};
+//   Cobrowse('init', { uniqueId, identities, tags, maskedElements, requireAuthorizationForSession, ... });
+//
+// While no session is live only HELLO and PRESENCE leave the page. Once the
+// visitor accepts (or a live session continues after a navigation), rrweb
+// records the page: masked content is masked here, before serialisation, so it
+// never reaches the wire. Remote control frames are applied only for what the
+// page allows (the relay has already filtered them by the agent's grant).
+import { record } from 'rrweb';
+
+import { KINDS, PROTOCOL_VERSION, LIMITS, encode, decode, packEvents, shouldReconnect } from './protocol.js';
+import { VisitorUI, UI_CLASS } from './ui.js';
+
+const ME = document.currentScript
+  || Array.from(document.getElementsByTagName('script')).reverse().find((s) => /\/sdk\.js(\?|#|$)/.test(s.src));
+const BASE = ME && ME.src ? ME.src.replace(/\/sdk\.js([?#].*)?$/, '') : location.origin;
+const WS_URL = `${BASE.replace(/^http/, 'ws')}/ws/visitor`;
+
+const STORE_ID = 'cobrowse:short_id';
+const STORE_CODE = 'cobrowse:lookup_code';
+const STORE_AGENT = 'cobrowse:agent';
+const DELTA_FLUSH_MS = 50;
+const DELTA_BUDGET = LIMITS.maxFrame - 1024; // header + map overhead, with room to spare
+const MASK_CLASS = 'no-cobrowse';
+// Attributes of elements inside masked content that may still go on the wire.
+// `value` stays only on form fields, where rrweb has already masked it.
+const SAFE_ATTRS = new Set(['class', 'style', 'id', 'type', 'width', 'height', 'rr_width', 'rr_height', 'role',
+  'dir', 'hidden', 'disabled', 'rel', 'colspan', 'rowspan']);
+const FIELDS = new Set(['input', 'textarea', 'select']);
+const ET = { FullSnapshot: 2, IncrementalSnapshot: 3, Meta: 4 };
+
+const DEFAULTS = {
+  uniqueId: '',
+  identities: [],
+  tags: [],
+  maskedElements: [],
+  requireAuthorizationForSession: false,
+  authorizationPromptMessage: 'A support agent would like to see this page. Allow?',
+  allowRemoteClick: true,
+  allowRemoteScroll: true,
+  allowRemoteType: true,
+  allowRemoteConsole: false,
+  autoconnect: true,
+};
+
+function storage() {
+  try {
+    const s = window.localStorage;
+    s.getItem('x');
+    return s;
+  } catch (e) {
+    const mem = {};
+    return { getItem: (k) => mem[k] ?? null, setItem: (k, v) => { mem[k] = String(v); }, removeItem: (k) => { delete mem[k]; } };
+  }
+}
+
+function lookupCode(store) {
+  let code = store.getItem(STORE_CODE);
+  if (!/^\d{4}$/.test(code || '')) {
+    const n = new Uint32Array(1);
+    crypto.getRandomValues(n);
+    code = String(n[0] % 10000).padStart(4, '0');
+    store.setItem(STORE_CODE, code);
+  }
+  return code;
+}
+
+function browserName() {
+  const ua = navigator.userAgent;
+  const m = /(Edg|OPR|Firefox|Chrome|Chromium|Safari)\/([\d.]+)/.exec(ua);
+  if (!m) return ua.slice(0, 64);
+  const name = { Edg: 'Edge', OPR: 'Opera' }[m[1]] || m[1];
+  return `${name} ${m[2].split('.')[0]}`;
+}
+
+function deviceType() {
+  const ua = navigator.userAgent;
+  if (/iPad|Tablet/i.test(ua)) return 'tablet';
+  if (/Mobi|Android|iPhone/i.test(ua)) return 'mobile';
+  return 'desktop';
+}
+
+function asList(v) {
+  if (v == null || v === '') return [];
+  return (Array.isArray(v) ? v : [v]).map(String);
+}
+
+class Sdk {
+  constructor() {
+    this.store = storage();
+    this.opts = { ...DEFAULTS };
+    this.handlers = {};
+    this.ws = null;
+    this.state = 'idle'; // idle | connecting | connected | reconnecting | closed
+    this.attempt = 0;
+    this.timer = null;
+    this.session = ''; // live session id, '' when none
+    this.asking = ''; // session whose consent dialog is up
+    this.idWaiters = [];
+    this.agentName = '';
+    this.stopRecording = null;
+    this.pending = [];
+    this.flushTimer = null;
+    this.keyframe = null;
+    this.ui = new VisitorUI();
+    this.wasPassword = new WeakSet();
+    this.lastPresence = '';
+    this.onUrl = () => this.urlChanged();
+    this.onResize = throttle(() => this.sendViewport(), 200);
+    this.onScroll = throttle(() => this.send('SCROLL', { x: window.scrollX, y: window.scrollY }), 100);
+  }
+
+  // --- public commands ----------------------------------------------------------------
+  init(options = {}) {
+    this.opts = { ...DEFAULTS, ...options };
+    this.compileMask();
+    if (this.opts.autoconnect !== false) this.connect();
+  }
+
+  connect() {
+    if (this.ws || this.timer) return;
+    this.open();
+  }
+
+  updateConnection(options = {}) {
+    Object.assign(this.opts, options);
+    this.compileMask();
+    this.sendPresence(true);
+  }
+
+  // Answers at once when the id is known, else once the relay has assigned one.
+  getUserId(cb) {
+    if (typeof cb !== 'function') return;
+    if (this.shortId()) cb(this.shortId());
+    else this.idWaiters.push(cb);
+  }
+
+  getLookupCode(cb) {
+    if (typeof cb === 'function') cb(lookupCode(this.store));
+  }
+
+  stopSession() {
+    if (!this.session) return;
+    this.send('SESSION_END', { session: this.session, reason: 'visitor' });
+    this.endSession('visitor');
+  }
+
+  reset() {
+    this.stopSession();
+    this.store.removeItem(STORE_ID);
+    this.store.removeItem(STORE_CODE);
+    this.disconnect();
+    if (this.opts.autoconnect !== false) this.connect();
+  }
+
+  on(event, cb) {
+    if (typeof cb !== 'function') return;
+    (this.handlers[event] = this.handlers[event] || []).push(cb);
+  }
+
+  emit(event, ...args) {
+    for (const cb of this.handlers[event] || []) {
+      try {
+        cb(...args);
+      } catch (e) {
+        console.error('[cobrowse]', e);
+      }
+    }
+  }
+
+  // --- connection -------------------------------------------------------------------
+  shortId() {
+    return this.store.getItem(STORE_ID) || '';
+  }
+
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('connection', state);
+  }
+
+  open() {
+    this.timer = null;
+    this.setState(this.attempt ? 'reconnecting' : 'connecting');
+    let ws;
+    try {
+      ws = new WebSocket(WS_URL);
+    } catch (e) {
+      this.retry(1006);
+      return;
+    }
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    ws.onopen = () => {
+      this.send('HELLO', { role: 'visitor', version: PROTOCOL_VERSION, client_id: this.shortId() });
+    };
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === 'string') return;
+      let msg;
+      try {
+        msg = decode(new Uint8Array(ev.data));
+      } catch (e) {
+        console.warn('[cobrowse] bad frame', e);
+        return;
+      }
+      this.handle(msg);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.pauseRecording();
+      this.retry(ev.code);
+    };
+  }
+
+  retry(code) {
+    if (code === 4510) {
+      // Another tab of this visitor took over the connection. Take it back when
+      // this tab is used again: the agent follows the tab the visitor is on.
+      this.pauseRecording();
+      this.setState('replaced');
+      const back = () => {
+        if (document.visibilityState !== 'visible') return;
+        window.removeEventListener('focus', back);
+        document.removeEventListener('visibilitychange', back);
+        this.connect();
+      };
+      window.addEventListener('focus', back);
+      document.addEventListener('visibilitychange', back);
+      return;
+    }
+    if (!shouldReconnect(code)) {
+      if (code === 4508) this.endSession('ended');
+      this.setState('closed');
+      return;
+    }
+    // Exponential backoff with full jitter: 0.5 s doubling to 15 s.
+    const cap = Math.min(15000, 500 * 2 ** Math.min(this.attempt, 5));
+    this.attempt += 1;
+    this.setState('reconnecting');
+    this.timer = setTimeout(() => this.open(), cap / 2 + Math.random() * (cap / 2));
+  }
+
+  disconnect() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close(1000);
+    this.pauseRecording();
+    this.setState('idle');
+  }
+
+  send(kind, fields) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1) return false;
+    ws.send(encode(kind, fields));
+    return true;
+  }
+
+  // --- inbound frames -------------------------------------------------------------------
+  handle(msg) {
+    const f = msg.fields;
+    switch (msg.code) {
+      case KINDS.WELCOME:
+        if (f.client_id) this.store.setItem(STORE_ID, f.client_id);
+        for (const cb of this.idWaiters.splice(0)) cb(this.shortId());
+        this.attempt = 0;
+        this.setState('connected');
+        this.sendPresence(true);
+        if (f.session) this.continueSession(f.session);
+        else if (this.session) this.endSession('expired');
+        break;
+      case KINDS.SESSION_REQUEST:
+        this.request(f);
+        break;
+      case KINDS.SESSION_END:
+        if (!f.session || f.session === this.session) this.endSession(f.reason || 'agent');
+        break;
+      case KINDS.RESYNC_REQUEST:
+        if (this.stopRecording) this.snapshot();
+        break;
+      case KINDS.ERROR:
+        console.warn('[cobrowse] relay error', f.code, f.message);
+        break;
+      case KINDS.PING:
+        this.send('PONG', { t: f.t });
+        break;
+      default:
+        if (msg.code >= 0x30 && msg.code <= 0x3f) this.control(msg);
+    }
+  }
+
+  async request(f) {
+    this.emit('sessionRequest', { session: f.session, agentName: f.agent_name, agentId: f.agent_id });
+    if (this.session === f.session) {
+      // Another viewer of the live session: no new consent, but a fresh keyframe.
+      this.send('SESSION_ACCEPT', { session: f.session });
+      this.snapshot();
+      return;
+    }
+    if (this.opts.requireAuthorizationForSession) {
+      if (this.asking === f.session) return; // asked again (a reconnect): the dialog is still up
+      const who = f.agent_name ? `${f.agent_name}: ` : '';
+      this.asking = f.session;
+      const ok = await this.ui.ask(who + this.opts.authorizationPromptMessage);
+      this.asking = '';
+      if (!ok) {
+        this.send('SESSION_DECLINE', { session: f.session, reason: 'visitor declined' });
+        return;
+      }
+    }
+    if (!this.send('SESSION_ACCEPT', { session: f.session })) return;
+    this.agentName = f.agent_name;
+    try {
+      sessionStorage.setItem(STORE_AGENT, JSON.stringify({ session: f.session, name: f.agent_name }));
+    } catch (e) {
+      /* the indicator then says "an agent" after a navigation */
+    }
+    this.startSession(f.session, 'sessionStart');
+  }
+
+  continueSession(session) {
+    try {
+      const a = JSON.parse(sessionStorage.getItem(STORE_AGENT) || '{}');
+      if (a.session === session) this.agentName = a.name || '';
+    } catch (e) {
+      /* no name: the indicator says "an agent" */
+    }
+    this.startSession(session, 'sessionContinue');
+  }
+
+  startSession(session, event) {
+    this.session = session;
+    this.ui.showIndicator(this.agentName, () => this.stopSession());
+    this.startRecording();
+    this.emit(event, { session });
+  }
+
+  endSession(reason) {
+    const was = this.session;
+    this.session = '';
+    this.pauseRecording();
+    this.ui.reset();
+    if (was) this.emit('sessionEnd', { session: was, reason });
+  }
+
+  // --- recording ----------------------------------------------------------------------
+  compileMask() {
+    const sels = asList(this.opts.maskedElements).filter(Boolean);
+    this.maskSelector = [`.${MASK_CLASS}`, ...sels].join(',');
+    this.extraMask = sels.length ? sels.join(',') : null;
+  }
+
+  isMasked(el) {
+    if (!el || el.nodeType !== 1) return false;
+    try {
+      return !!el.closest(this.maskSelector);
+    } catch (e) {
+      return true; // a bad selector masks rather than leaks
+    }
+  }
+
+  // Called by rrweb for every input value (maskAllInputs routes all of them here).
+  maskInput(text, el) {
+    if (el && el.type === 'password') this.wasPassword.add(el);
+    const ac = (el && el.getAttribute && el.getAttribute('autocomplete')) || '';
+    if (!el || this.wasPassword.has(el) || /password|cc-number|cc-csc/.test(ac) || this.isMasked(el)) {
+      return '*'.repeat(Math.min(String(text).length, 64));
+    }
+    return text;
+  }
+
+  startRecording() {
+    this.pauseRecording();
+    if (!this.ws) return;
+    if (document.readyState === 'loading') {
+      document.addEventListener('DOMContentLoaded', () => this.session && this.ws && this.startRecording(), { once: true });
+      return;
+    }
+    this.send('URL_CHANGE', { url: location.href, title: document.title });
+    this.sendViewport();
+    this.stopRecording = record({
+      emit: (e) => this.onEvent(e),
+      maskAllInputs: true,
+      maskInputFn: (text, el) => this.maskInput(text, el),
+      maskTextClass: MASK_CLASS,
+      maskTextSelector: this.extraMask,
+      blockClass: UI_CLASS,
+      recordCanvas: false,
+      collectFonts: false,
+      inlineStylesheet: true,
+      sampling: { mousemove: 50, scroll: 100 },
+      errorHandler: (err) => {
+        console.warn('[cobrowse] recorder', err);
+        return true;
+      },
+    }) || null;
+    window.addEventListener('resize', this.onResize);
+    window.addEventListener('scroll', this.onScroll, { passive: true });
+    window.addEventListener('popstate', this.onUrl);
+    window.addEventListener('hashchange', this.onUrl);
+  }
+
+  pauseRecording() {
+    if (this.stopRecording) {
+      try {
+        this.stopRecording();
+      } catch (e) {
+        /* already stopped */
+      }
+    }
+    this.stopRecording = null;
+    this.pending = [];
+    this.keyframe = null;
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    window.removeEventListener('resize', this.onResize);
+    window.removeEventListener('scroll', this.onScroll);
+    window.removeEventListener('popstate', this.onUrl);
+    window.removeEventListener('hashchange', this.onUrl);
+  }
+
+  snapshot() {
+    try {
+      record.takeFullSnapshot(true);
+    } catch (e) {
+      console.warn('[cobrowse] snapshot', e);
+    }
+  }
+
+  onEvent(event) {
+    if (!this.session) return;
+    this.sanitize(event);
+    if (event.type === ET.Meta) {
+      // A keyframe starts: what came before goes first, in order.
+      this.flush();
+      this.keyframe = [event];
+      return;
+    }
+    if (event.type === ET.FullSnapshot && this.keyframe) {
+      this.keyframe.push(event);
+      this.send('DOM_KEYFRAME', { data: packEvents(this.keyframe) });
+      this.keyframe = null;
+      return;
+    }
+    if (this.keyframe) {
+      this.keyframe.push(event);
+      return;
+    }
+    this.pending.push(event);
+    if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), DELTA_FLUSH_MS);
+  }
+
+  flush() {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    const events = this.pending;
+    this.pending = [];
+    if (events.length) this.sendDeltas(events);
+  }
+
+  // Deltas stay under the frame limit: a batch too big is split in two; one event
+  // too big for any delta (a huge DOM change) is replaced by a fresh keyframe.
+  sendDeltas(events) {
+    const data = packEvents(events);
+    if (data.length <= DELTA_BUDGET) {
+      this.send('DOM_DELTA', { data });
+      return true;
+    }
+    if (events.length === 1) {
+      this.snapshot();
+      return false;
+    }
+    const mid = events.length >> 1;
+    return this.sendDeltas(events.slice(0, mid)) && this.sendDeltas(events.slice(mid));
+  }
+
+  // Second line of masking, on the serialised events: drop iframe srcdoc (its
+  // document would carry masked text as an attribute) and blank every attribute
+  // but layout ones on elements inside masked content.
+  sanitize(event) {
+    const d = event.data;
+    if (event.type === ET.FullSnapshot) this.sanitizeTree(d.node, false);
+    else if (event.type === ET.IncrementalSnapshot && d && d.source === 0) {
+      for (const add of d.adds || []) {
+        const parent = record.mirror.getNode(add.parentId);
+        this.sanitizeTree(add.node, this.isMasked(parent));
+      }
+      for (const a of d.attributes || []) {
+        const node = record.mirror.getNode(a.id);
+        if ('srcdoc' in a.attributes) a.attributes.srcdoc = null;
+        if (this.isMasked(node)) scrubAttrs(a.attributes, node.tagName);
+      }
+    }
+  }
+
+  sanitizeTree(n, masked) {
+    if (!n) return;
+    if (n.type === 2) {
+      const live = record.mirror.getNode(n.id);
+      const m = masked || (live ? this.isMasked(live) : false);
+      if (n.attributes) {
+        if ('srcdoc' in n.attributes) delete n.attributes.srcdoc;
+        if (m) scrubAttrs(n.attributes, n.tagName);
+      }
+      for (const c of n.childNodes || []) this.sanitizeTree(c, m);
+    } else if (n.type === 5 && masked) {
+      n.textContent = '';
+    } else if (n.childNodes) {
+      for (const c of n.childNodes) this.sanitizeTree(c, masked);
+    }
+  }
+
+  // --- presence ------------------------------------------------------------------------
+  allowList() {
+    const o = this.opts;
+    const allow = ['draw', 'agent_redirect', 'audio'];
+    if (o.allowRemoteClick !== false) allow.push('click');
+    if (o.allowRemoteScroll !== false) allow.push('scroll');
+    if (o.allowRemoteType !== false) allow.push('type');
+    if (o.allowRemoteConsole === true) allow.push('console');
+    return allow.sort();
+  }
+
+  sendPresence(force) {
+    const o = this.opts;
+    const p = {
+      url: location.href,
+      title: document.title || '',
+      unique_id: o.uniqueId == null ? '' : String(o.uniqueId),
+      identities: asList(o.identities),
+      tags: asList(o.tags),
+      lookup_code: lookupCode(this.store),
+      browser: browserName(),
+      device_type: deviceType(),
+      allow: this.allowList(),
+    };
+    const key = JSON.stringify(p);
+    if (!force && key === this.lastPresence) return;
+    if (this.send('PRESENCE', p)) this.lastPresence = key;
+  }
+
+  urlChanged() {
+    this.sendPresence(false);
+    if (this.session) this.send('URL_CHANGE', { url: location.href, title: document.title });
+  }
+
+  sendViewport() {
+    this.send('VIEWPORT', { width: window.innerWidth, height: window.innerHeight });
+  }
+
+  // --- remote control ----------------------------------------------------------------------
+  control(msg) {
+    if (!this.session) return;
+    const f = msg.fields;
+    const o = this.opts;
+    try {
+      switch (msg.code) {
+        case KINDS.CLICK:
+          if (o.allowRemoteClick !== false) remoteClick(this.target(f.node, f.x, f.y), f);
+          break;
+        case KINDS.REMOTE_SCROLL:
+          if (o.allowRemoteScroll !== false) remoteScroll(f.node ? this.node(f.node) : null, f.dx, f.dy);
+          break;
+        case KINDS.TYPE:
+          if (o.allowRemoteType !== false) this.remoteType(this.node(f.node), f.text, f.key);
+          break;
+        case KINDS.DRAW_STROKE:
+          this.ui.stroke(f.points, f.color, f.width);
+          break;
+        case KINDS.DRAW_CLEAR:
+          this.ui.clearStrokes();
+          break;
+        case KINDS.VIEWER_POINTER:
+          this.ui.pointer(f.x, f.y);
+          break;
+        case KINDS.REDIRECT:
+          redirect(f.url);
+          break;
+        case KINDS.RELOAD:
+          location.reload();
+          break;
+        case KINDS.CONSOLE_EVAL:
+          if (o.allowRemoteConsole === true) this.consoleEval(f.code);
+          break;
+        default:
+      }
+    } catch (e) {
+      console.warn('[cobrowse] control', e);
+    }
+  }
+
+  node(id) {
+    const n = id ? record.mirror.getNode(id) : null;
+    if (!n || !n.isConnected) return null;
+    if (n.nodeType === 1 && n.closest(`.${UI_CLASS}`)) return null;
+    return n;
+  }
+
+  target(id, x, y) {
+    const n = this.node(id);
+    if (n) return n.nodeType === 1 ? n : n.parentElement;
+    const el = document.elementFromPoint(x - window.scrollX, y - window.scrollY);
+    return el && !el.closest(`.${UI_CLASS}`) ? el : null;
+  }
+
+  remoteType(el, text, key) {
+    if (!el || el.nodeType !== 1) return;
+    // The agent cannot see masked fields; it does not get to type into them either.
+    if (this.isMasked(el) || el.type === 'password' || this.wasPassword.has(el)) return;
+    typeInto(el, text, key);
+  }
+
+  consoleEval(code) {
+    let level = 'result';
+    let out;
+    try {
+      // eslint-disable-next-line no-eval
+      out = (0, eval)(code);
+      out = typeof out === 'string' ? out : safeJson(out);
+    } catch (e) {
+      level = 'error';
+      out = String(e && e.stack ? e.stack : e);
+    }
+    this.send('CONSOLE_LINES', { level, lines: String(out).slice(0, LIMITS.maxString / 2).split('\n').slice(0, 200) });
+  }
+}
+
+function scrubAttrs(attrs, tag) {
+  const field = FIELDS.has(String(tag || '').toLowerCase());
+  for (const k of Object.keys(attrs)) {
+    if (SAFE_ATTRS.has(k) || (field && k === 'value')) continue;
+    attrs[k] = k === 'srcdoc' ? null : '';
+  }
+}
+
+function safeJson(v) {
+  if (v === undefined) return 'undefined';
+  if (typeof v === 'function') return String(v);
+  try {
+    return JSON.stringify(v);
+  } catch (e) {
+    return String(v);
+  }
+}
+
+function throttle(fn, ms) {
+  let last = 0;
+  let t = null;
+  return () => {
+    const now = Date.now();
+    if (now - last >= ms) {
+      last = now;
+      fn();
+    } else if (!t) {
+      t = setTimeout(() => {
+        t = null;
+        last = Date.now();
+        fn();
+      }, ms - (now - last));
+    }
+  };
+}
+
+function remoteClick(el, f) {
+  if (!el || el.nodeType !== 1) return;
+  const r = el.getBoundingClientRect();
+  const init = {
+    bubbles: true, cancelable: true, composed: true, view: window, button: f.button || 0,
+    clientX: r.left + r.width / 2, clientY: r.top + r.height / 2,
+  };
+  el.dispatchEvent(new PointerEvent('pointerdown', init));
+  el.dispatchEvent(new MouseEvent('mousedown', init));
+  if (typeof el.focus === 'function') el.focus({ preventScroll: true });
+  el.dispatchEvent(new PointerEvent('pointerup', init));
+  el.dispatchEvent(new MouseEvent('mouseup', init));
+  if (typeof el.click === 'function') el.click();
+  else el.dispatchEvent(new MouseEvent('click', init));
+}
+
+function scrollable(el) {
+  for (let n = el; n && n.nodeType === 1 && n !== document.documentElement && n !== document.body; n = n.parentElement) {
+    const s = getComputedStyle(n);
+    if (/(auto|scroll|overlay)/.test(s.overflowY + s.overflowX)
+      && (n.scrollHeight > n.clientHeight || n.scrollWidth > n.clientWidth)) return n;
+  }
+  return null;
+}
+
+function remoteScroll(node, dx, dy) {
+  const el = node && (node.nodeType === 1 ? node : node.parentElement);
+  const box = el ? scrollable(el) : null;
+  if (box) box.scrollBy(dx, dy);
+  else window.scrollBy(dx, dy);
+}
+
+function setNativeValue(el, value) {
+  const proto = el instanceof HTMLTextAreaElement ? HTMLTextAreaElement.prototype : HTMLInputElement.prototype;
+  const desc = Object.getOwnPropertyDescriptor(proto, 'value');
+  if (desc && desc.set) desc.set.call(el, value);
+  else el.value = value;
+}
+
+function typeInto(el, text, key) {
+  const isField = el instanceof HTMLInputElement || el instanceof HTMLTextAreaElement;
+  if (!isField && !el.isContentEditable) return;
+  if (document.activeElement !== el && typeof el.focus === 'function') el.focus({ preventScroll: true });
+  const k = text ? undefined : key;
+  if (k) {
+    const kd = new KeyboardEvent('keydown', { key: k, bubbles: true, cancelable: true });
+    const go = el.dispatchEvent(kd);
+    if (go) applyKey(el, k, isField);
+    el.dispatchEvent(new KeyboardEvent('keyup', { key: k, bubbles: true }));
+    return;
+  }
+  if (!text) return;
+  if (el.isContentEditable) {
+    document.execCommand('insertText', false, text);
+    return;
+  }
+  const v = el.value || '';
+  let start = v.length;
+  let end = v.length;
+  try {
+    if (el.selectionStart != null) {
+      start = el.selectionStart;
+      end = el.selectionEnd;
+    }
+  } catch (e) {
+    /* types without selection (email, number) append */
+  }
+  setNativeValue(el, v.slice(0, start) + text + v.slice(end));
+  try {
+    el.setSelectionRange(start + text.length, start + text.length);
+  } catch (e) {
+    /* no selection API for this type */
+  }
+  el.dispatchEvent(new InputEvent('input', { bubbles: true, inputType: 'insertText', data: text }));
+  el.dispatchEvent(new Event('change', { bubbles: true }));
+}
+
+function applyKey(el, key, isField) {
+  if (!isField) return;
+  const v = el.value || '';
+  let s = v.length;
+  let e = v.length;
+  try {
+    if (el.selectionStart != null) {
+      s = el.selectionStart;
+      e = el.selectionEnd;
+    }
+  } catch (err) {
+    /* append mode */
+  }
+  let next = null;
+  let caret = s;
+  if (key === 'Backspace') {
+    if (s !== e) next = v.slice(0, s) + v.slice(e);
+    else if (s > 0) {
+      next = v.slice(0, s - 1) + v.slice(e);
+      caret = s - 1;
+    }
+  } else if (key === 'Delete') {
+    next = s !== e ? v.slice(0, s) + v.slice(e) : v.slice(0, s) + v.slice(s + 1);
+  } else if (key === 'Enter') {
+    if (el instanceof HTMLTextAreaElement) {
+      next = `${v.slice(0, s)}\n${v.slice(e)}`;
+      caret = s + 1;
+    } else if (el.form) {
+      if (typeof el.form.requestSubmit === 'function') el.form.requestSubmit();
+      else el.form.submit();
+      return;
+    }
+  }
+  if (next === null) return;
+  setNativeValue(el, next);
+  try {
+    el.setSelectionRange(caret, caret);
+  } catch (err) {
+    /* no selection API */
+  }
+  el.dispatchEvent(new InputEvent('input', { bubbles: true, inputType: key === 'Enter' ? 'insertLineBreak' : 'deleteContent' }));
+  el.dispatchEvent(new Event('change', { bubbles: true }));
+}
+
+function redirect(url) {
+  let u;
+  try {
+    u = new URL(url, location.href);
+  } catch (e) {
+    return;
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return; // never javascript: or data:
+  location.href = u.href;
+}
+
+// --- the global ---------------------------------------------------------------------
+(function install() {
+  const prev = window.Cobrowse;
+  if (prev && prev.loaded) return; // the script tag twice on one page
+  const sdk = new Sdk();
+  const COMMANDS = ['init', 'connect', 'updateConnection', 'getUserId', 'getLookupCode', 'stopSession', 'reset', 'on'];
+  function Cobrowse(cmd, ...args) {
+    if (!COMMANDS.includes(cmd)) {
+      console.warn('[cobrowse] unknown command', cmd);
+      return undefined;
+    }
+    return sdk[cmd](...args);
+  }
+  Cobrowse.loaded = true;
+  Cobrowse.version = '0.1.0';
+  const queued = (prev && prev.q) || [];
+  window.Cobrowse = Cobrowse;
+  // 'on' handlers first, so events fired by 'init' reach them.
+  const calls = Array.from(queued, (a) => Array.from(a));
+  for (const c of calls.filter((c) => c[0] === 'on')) Cobrowse(...c);
+  for (const c of calls.filter((c) => c[0] !== 'on')) Cobrowse(...c);
+}());
