@@ -110,9 +110,14 @@ class Settings:
         return Limits(max_frame=self.max_frame, max_keyframe=self.max_keyframe)
 
     def origin_allowed(self, origin: str | None) -> bool:
+        """May a page of ``origin`` open a visitor socket? The relay's own pages (the
+        demo) always may; other sites when listed in ALLOWED_ORIGINS, or with ``*``."""
         if "*" in self.allowed_origins:
             return True
-        return origin is not None and origin.lower() in self.allowed_origins
+        if origin is None:
+            return False
+        origin = origin.lower()
+        return origin in self.allowed_origins or origin == _origin(self.base_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
