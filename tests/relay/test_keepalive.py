@@ -57,7 +57,8 @@ def test_peer_that_never_answers_pings_is_closed_with_4002(relay_factory: Any) -
     assert head.startswith(b"HTTP/1.1 101")
     frames = _frames(rest)
     opcodes = [op for op, _ in frames]
-    assert opcodes[0] == 0x2 and isinstance(p.decode(frames[0][1]), p.Welcome)
+    binary = [payload for op, payload in frames if op == 0x2]
+    assert isinstance(p.decode(binary[0]), p.Welcome)  # a ping may come before or after it
     assert 0x9 in opcodes  # pinged
     assert opcodes[-1] == 0x8  # then closed
     assert struct.unpack(">H", frames[-1][1][:2])[0] == p.CloseCode.KEEPALIVE_TIMEOUT
