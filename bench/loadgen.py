@@ -1,0 +1,1039 @@
+"""The load generator: picows clients on uvloop, one process, one core.
+
+It plays visitors that send real protocol frames (:mod:`bench.frames`: each
+delta carries a sequence number and its send time) and viewers that receive
+them, recording latency, loss and duplicates. It drives two kinds of target
+with the same frames:
+
+* ``raw`` (the baselines): ``/ws/<session>/visitor`` and ``/ws/<session>/viewer``;
+  connected means ready.
+* ``relay``: the flows of docs/protocol.md. The visitor connects to
+  ``/ws/visitor`` and sends HELLO + PRESENCE; each viewer connects to
+  ``/ws/viewer`` with a watch grant minted offline with the relay's signer
+  (``relay.core.grants``); the visitor answers every SESSION_REQUEST with
+  SESSION_ACCEPT, every RESYNC_REQUEST with a keyframe, every PING with PONG.
+
+It reads one JSON spec (``{"jobs": [...]}``) from the first line of stdin,
+runs the jobs in order and prints one ``RESULT {json}`` line per job on
+stdout (``EVENT ...`` lines for barriers; progress on stderr). Every wait is
+bounded. The server's CPU time is read from /proc/<server_pid>/stat at the
+edges of the measurement window, so "deliveries" and "CPU" cover the same
+interval; the generator's own CPU over that window is reported too, with a
+warning when it passes 90% of its core (then the figures measure the
+generator, not the server).
+
+    echo '{"jobs":[{"type":"fanout","mode":"raw","url":"ws://127.0.0.1:8001"}]}' \
+        | python -m bench.loadgen
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any, cast
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
+
+import protocol
+from bench.frames import KIND_DELTA, KIND_KEYFRAME, STAMP, FrameTemplate
+from bench.proc import cpu_times, raise_nofile, rss_bytes
+
+__all__ = ["Job", "run_job", "run_jobs", "latency_stats", "main"]
+
+perf_ns = time.perf_counter_ns
+BINARY = WSMsgType.BINARY
+_BIN_AT = 22  # see bench.frames: bin type byte of DomDelta/DomKeyframe
+_OFFS = {0xC4: 24, 0xC5: 25, 0xC6: 27}
+MAX_MESSAGE = 16 * 1024 * 1024
+ORIGIN = "http://127.0.0.1"
+
+K_WELCOME = int(protocol.Kind.WELCOME)
+K_ERROR = int(protocol.Kind.ERROR)
+K_SESSION_REQUEST = int(protocol.Kind.SESSION_REQUEST)
+K_SESSION_ACCEPT = int(protocol.Kind.SESSION_ACCEPT)
+K_SESSION_DECLINE = int(protocol.Kind.SESSION_DECLINE)
+K_SESSION_END = int(protocol.Kind.SESSION_END)
+K_RESYNC = int(protocol.Kind.RESYNC_REQUEST)
+K_PING = int(protocol.Kind.PING)
+
+
+def log(*a: object) -> None:
+    print("[loadgen]", *a, file=sys.stderr, flush=True)
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Job:
+    """One measurement: shared counters and settings the connections read."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.mode: str = spec.get("mode", "raw")
+        self.url: str = spec["url"].rstrip("/")
+        self.rec = False  # record latencies now
+        self.lat: array[int] = array("q")
+        self.pair = False  # also record the seq of each latency (paired direct path)
+        self.lat_seq: array[int] = array("q")
+        self.sending = False
+        self.errors: list[str] = []
+        self.run_id = spec.get("run_id") or f"r{os.getpid()}x{perf_ns() % 10**9}"
+        self._signer: Any = None
+        self.close_codes: dict[int, int] = {}
+
+    def signer(self) -> Any:
+        if self._signer is None:
+            from relay.core.grants import Signer
+
+            self._signer = Signer(self.spec["secret"].encode())
+        return self._signer
+
+    def grant(self, short_id: str, agent: str) -> str:
+        from relay.core.grants import Grant
+
+        g = Grant(
+            visitor=short_id,
+            agent_id=agent,
+            agent_name=agent,
+            permissions=("click",),
+            expires=time.time() + 600,
+        )
+        return str(self.signer().grant(g))
+
+    def note_close(self, code: int) -> None:
+        self.close_codes[code] = self.close_codes.get(code, 0) + 1
+
+
+class Session:
+    """A visitor and its viewers; the visitor's send loop lives here."""
+
+    def __init__(self, job: Job, index: int, frame: int, keyframe: int) -> None:
+        self.job = job
+        self.index = index
+        self.name = f"{job.run_id}s{index}"
+        self.tmpl = FrameTemplate(frame)
+        self.kf = FrameTemplate(max(keyframe, 64), keyframe=True)
+        self.visitor: Visitor | None = None
+        self.direct: WSTransport | None = None
+        self.viewers: list[Viewer] = []
+        self.seq = 0  # last delta seq sent
+        self.delivered = 0  # deltas delivered to the measured (non-slow) viewers
+        self.nview = 0  # measured viewers
+        self.hi = 0
+        self.low = 0
+        self.pumping = False
+        self.t_start = 0.0
+        self.rate = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_progress = 0.0
+
+    # --- sending ---------------------------------------------------------------
+    def send_delta(self) -> None:
+        self.seq += 1
+        assert self.visitor is not None and self.visitor.transport is not None
+        frame = self.tmpl.stamp(self.seq, perf_ns())
+        self.visitor.transport.send(BINARY, frame)
+        if self.direct is not None:  # the same bytes, same stamp, over the direct hop
+            self.direct.send(BINARY, frame)
+
+    def send_keyframe(self) -> None:
+        if self.visitor is None or self.visitor.transport is None:
+            return
+        self.visitor.transport.send(BINARY, self.kf.stamp(self.seq, perf_ns()))
+
+    def pump(self) -> None:
+        """Saturated mode: keep up to ``hi`` deliveries in flight, refill from ``low``."""
+        inflight = self.seq * self.nview - self.delivered
+        n = (self.hi - inflight) // self.nview
+        send = self.send_delta
+        for _ in range(n):
+            send()
+
+    def start_saturated(self, window: int) -> None:
+        self.nview = max(1, self.nview)
+        self.hi = window * self.nview
+        self.low = self.hi // 2
+        self.pumping = True
+        self.pump()
+
+    def start_paced(self, rate: float, loop: asyncio.AbstractEventLoop, phase: float) -> None:
+        self.rate = rate
+        self.t_start = loop.time() + phase
+        self._base = self.seq
+        self.timer = loop.call_at(self.t_start, self.tick, loop)
+
+    def tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.job.sending:
+            return
+        now = loop.time()
+        due = self._base + int((now - self.t_start) * self.rate) + 1
+        n = min(due - self.seq, 64)
+        for _ in range(n):
+            self.send_delta()
+        nxt = self.t_start + (self.seq - self._base) / self.rate
+        # uvloop's clock and timers tick in milliseconds: a sub-ms delay would
+        # fire at once with the same loop.time() and spin; the catch-up above
+        # sends whatever fell due meanwhile.
+        self.timer = loop.call_at(max(nxt, now + 0.001), self.tick, loop)
+
+    def stop(self) -> None:
+        self.pumping = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _fail(fut: asyncio.Future[Any], why: str) -> None:
+    """Fail a future without an "exception never retrieved" log if nobody awaits it."""
+    if not fut.done():
+        fut.set_exception(ConnectionError(why))
+        fut.exception()
+
+
+class Conn(WSListener):
+    """Common client socket behaviour: connection state, close codes, control frames."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.transport: WSTransport | None = None
+        self.close_code = 0
+        self.closed_at = 0.0
+        self.buf: bytearray | None = None
+        self.welcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.errors: list[str] = []
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.closed_at:
+            self.closed_at = time.monotonic()
+        _fail(self.welcome, f"closed {self.close_code} before WELCOME")
+
+    def _assemble(self, frame: WSFrame) -> bytes | None:
+        """Slow path: close, ping, text, fragments. Returns a whole binary message or None."""
+        t = frame.msg_type
+        if t is WSMsgType.CLOSE:
+            self.close_code = int(cast(Any, frame.get_close_code()))
+            self.job.note_close(self.close_code)
+            self.closed_at = time.monotonic()
+            if self.transport is not None:
+                self.transport.send_close(frame.get_close_code())
+                self.transport.disconnect()
+            return None
+        if t is BINARY or t is WSMsgType.CONTINUATION:
+            if self.buf is None:
+                self.buf = bytearray()
+            self.buf += frame.get_payload_as_memoryview()
+            if frame.fin:
+                out = bytes(self.buf)
+                self.buf = None
+                return out
+        return None
+
+    def send_msg(self, msg: protocol.Message) -> None:
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.send(BINARY, protocol.encode(msg))
+
+    def control(self, data: bytes) -> None:
+        """A frame that is not a delta: decode and handle (never on the hot path)."""
+        try:
+            msg = protocol.decode(data)
+        except protocol.ProtocolError as e:
+            self.errors.append(f"bad frame from server: {e}")
+            return
+        if isinstance(msg, protocol.Welcome):
+            if not self.welcome.done():
+                self.welcome.set_result(msg)
+        elif isinstance(msg, protocol.Ping):
+            self.send_msg(protocol.Pong(t=msg.t))
+        elif isinstance(msg, protocol.Error):
+            self.errors.append(f"ERROR {msg.code} {msg.message} {msg.close_code}")
+        else:
+            self.on_control(msg)
+
+    def on_control(self, msg: protocol.Message) -> None:
+        pass
+
+    def close(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_disconnected:
+            with contextlib.suppress(Exception):
+                t.send_close(WSCloseCode.OK)
+            t.disconnect()
+
+
+class Visitor(Conn):
+    def __init__(self, session: Session) -> None:
+        super().__init__(session.job)
+        self.session = session
+        self.requests = 0
+        self.text: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.TEXT:
+            if not self.text.done():
+                self.text.set_result(frame.get_payload_as_utf8_text())
+            return
+        if frame.msg_type is BINARY and frame.fin:
+            data = frame.get_payload_as_bytes()
+        else:
+            got = self._assemble(frame)
+            if got is None:
+                return
+            data = got
+        if self.job.mode == "relay":
+            self.control(data)
+
+    def on_control(self, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.SessionRequest):
+            self.requests += 1
+            self.send_msg(protocol.SessionAccept(session=msg.session))
+        elif isinstance(msg, protocol.ResyncRequest):
+            self.session.send_keyframe()
+
+
+class Viewer(Conn):
+    """Receives deltas: latency, loss, duplicates. Hot path in :meth:`on_ws_frame`."""
+
+    def __init__(self, session: Session, slow: bool = False) -> None:
+        super().__init__(session.job)
+        self.session = session
+        self.slow = slow
+        self.expect = 1
+        self.received = 0
+        self.lost = 0
+        self.dup = 0
+        self.keyframes = 0
+        self.resyncs = 0  # keyframes that moved the stream (queue cleared, log resent)
+        self.skipped = 0  # frames a resync jumped over
+        self.kf_at: list[float] = []
+        self.accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiter: asyncio.Future[None] | None = None
+        self.wait_seq = 0
+        self.last_at = 0.0
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is BINARY and frame.fin and self.buf is None:
+            mv = frame.get_payload_as_memoryview()
+        else:
+            got = self._assemble(frame)
+            if got is None:
+                return
+            mv = memoryview(got)
+        kind = mv[1]
+        if kind == KIND_DELTA:
+            seq, t0 = STAMP.unpack_from(mv, _OFFS[mv[_BIN_AT]])
+            now = perf_ns()
+            self.received += 1
+            exp = self.expect
+            if seq == exp:
+                self.expect = seq + 1
+            elif seq > exp:
+                self.lost += seq - exp
+                self.expect = seq + 1
+            else:
+                self.dup += 1
+            if self.slow:
+                self.last_at = time.monotonic()
+                return
+            s = self.session
+            s.delivered += 1
+            job = self.job
+            if job.rec:
+                job.lat.append(now - t0)
+                if job.pair:
+                    job.lat_seq.append(seq)
+            if s.pumping and s.seq * s.nview - s.delivered <= s.low:
+                s.pump()
+            if self.waiter is not None and seq >= self.wait_seq:
+                self.waiter.set_result(None)
+                self.waiter = None
+        elif kind == KIND_KEYFRAME:
+            seq, _t0 = STAMP.unpack_from(mv, _OFFS[mv[_BIN_AT]])
+            self.keyframes += 1
+            self.kf_at.append(time.monotonic())
+            if seq + 1 != self.expect and self.keyframes > 1:
+                self.resyncs += 1
+                if seq + 1 > self.expect:
+                    self.skipped += seq + 1 - self.expect
+            self.expect = seq + 1  # rebuild from the keyframe
+            if self.waiter is not None and seq >= self.wait_seq:
+                self.waiter.set_result(None)
+                self.waiter = None
+        elif self.job.mode == "relay":
+            self.control(bytes(mv))
+
+    def on_control(self, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.SessionAccept):
+            if not self.accepted.done():
+                self.accepted.set_result(None)
+        elif isinstance(msg, protocol.SessionDecline | protocol.SessionEnd):
+            self.errors.append(f"{type(msg).__name__} {msg}")
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        super().on_ws_disconnected(transport)
+        _fail(self.accepted, f"closed {self.close_code} before SESSION_ACCEPT")
+        if self.waiter is not None:
+            _fail(self.waiter, f"closed {self.close_code}")
+            self.waiter = None
+
+    async def until_seq(self, seq: int, timeout: float) -> None:
+        if self.expect > seq:
+            return
+        self.wait_seq = seq
+        self.waiter = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(self.waiter, timeout)
+
+
+# --- connecting --------------------------------------------------------------------
+async def _connect(url: str, listener: Conn, timeout: float = 10.0) -> None:
+    await ws_connect(
+        lambda: listener,
+        url,
+        websocket_handshake_timeout=timeout,
+        max_frame_size=MAX_MESSAGE,
+        extra_headers={"Origin": ORIGIN},
+        enable_auto_pong=True,
+    )
+
+
+async def connect_visitor(session: Session, timeout: float = 10.0) -> Visitor:
+    job = session.job
+    v = Visitor(session)
+    session.visitor = v
+    if job.mode == "raw":
+        await _connect(f"{job.url}/ws/{session.name}/visitor", v, timeout)
+        v.welcome.set_result(None)
+        return v
+    await _connect(f"{job.url}/ws/visitor", v, timeout)
+    v.send_msg(protocol.Hello(role="visitor", version=1, client_id=session.name))
+    welcome = await asyncio.wait_for(v.welcome, timeout)
+    session.short_id = welcome.client_id or session.name  # type: ignore[attr-defined]
+    v.send_msg(protocol.Presence(url="http://127.0.0.1/bench", title=f"bench {session.name}", browser="bench"))
+    return v
+
+
+async def connect_viewer(session: Session, slow: bool = False, timeout: float = 10.0, accept: bool = True) -> Viewer:
+    job = session.job
+    w = Viewer(session, slow)
+    if job.mode == "raw":
+        await _connect(f"{job.url}/ws/{session.name}/viewer", w, timeout)
+        w.welcome.set_result(None)
+        w.accepted.set_result(None)
+    else:
+        token = job.grant(getattr(session, "short_id", session.name), f"agent-{len(session.viewers)}")
+        await _connect(f"{job.url}/ws/viewer", w, timeout)
+        w.send_msg(protocol.Hello(role="viewer", version=1, token=token))
+        await asyncio.wait_for(w.welcome, timeout)
+        if accept:
+            await asyncio.wait_for(w.accepted, timeout)
+    session.viewers.append(w)
+    if not slow:
+        session.nview += 1
+    return w
+
+
+async def setup_sessions(
+    job: Job, n: int, viewers: int, frame: int, keyframe: int, slow: int, concurrency: int, timeout: float
+) -> list[Session]:
+    sessions = [Session(job, i, frame, keyframe) for i in range(n)]
+    sem = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(s: Session) -> None:
+        async with sem:
+            await connect_visitor(s, timeout)
+            nslow = slow if s.index == 0 else 0
+            await asyncio.gather(*(connect_viewer(s, i < nslow, timeout) for i in range(viewers + nslow)))
+
+    await asyncio.wait_for(asyncio.gather(*(one(s) for s in sessions)), timeout * 3 + n * 0.05)
+    return sessions
+
+
+async def sync_keyframe(sessions: list[Session], timeout: float) -> None:
+    """Send each session's first keyframe and wait until every viewer holds it."""
+    for s in sessions:
+        s.send_keyframe()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(w.keyframes > 0 for s in sessions for w in s.viewers):
+            return
+        await asyncio.sleep(0.005)
+    missing = sum(1 for s in sessions for w in s.viewers if w.keyframes == 0)
+    raise TimeoutError(f"{missing} viewers never received the first keyframe")
+
+
+async def close_all(conns: list[Conn], timeout: float = 5.0) -> None:
+    for c in conns:
+        c.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        c.transport is not None and not c.transport.is_disconnected for c in conns
+    ):
+        await asyncio.sleep(0.02)
+
+
+def all_conns(sessions: list[Session]) -> list[Conn]:
+    out: list[Conn] = []
+    for s in sessions:
+        if s.visitor is not None:
+            out.append(s.visitor)
+        out.extend(s.viewers)
+    return out
+
+
+# --- statistics --------------------------------------------------------------------
+def latency_stats(lat_ns: array[int] | list[int], cdf_points: int = 200) -> dict[str, Any]:
+    """Percentiles in µs and a downsampled CDF (value at evenly spaced quantiles)."""
+    if not lat_ns:
+        return {"n": 0}
+    xs = sorted(lat_ns)
+    n = len(xs)
+
+    def q(p: float) -> float:
+        return round(xs[min(n - 1, int(p * n))] / 1000, 1)
+
+    step = max(1, n // cdf_points)
+    cdf = [round(xs[i] / 1000, 1) for i in range(0, n, step)]
+    return {
+        "n": n,
+        "p50_us": q(0.50),
+        "p90_us": q(0.90),
+        "p99_us": q(0.99),
+        "p999_us": q(0.999),
+        "max_us": round(xs[-1] / 1000, 1),
+        "mean_us": round(sum(xs) / n / 1000, 1),
+        "cdf_us": cdf,
+    }
+
+
+class Window:
+    """CPU and counters at the edges of the measurement window."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.pid = server_pid
+        self.t0 = time.perf_counter()
+        self.own0 = self_cpu()
+        self.srv0 = cpu_times(server_pid) if server_pid else None
+        self.rss0 = rss_bytes(server_pid) if server_pid else 0
+
+    def close(self, deliveries: int) -> dict[str, Any]:
+        wall = time.perf_counter() - self.t0
+        own = self_cpu() - self.own0
+        out: dict[str, Any] = {
+            "wall_s": round(wall, 3),
+            "deliveries": deliveries,
+            "del_per_s": round(deliveries / wall, 1) if wall > 0 else 0.0,
+            "loadgen_cpu_pct": round(100 * own / wall, 1) if wall > 0 else 0.0,
+        }
+        if self.pid and self.srv0 is not None:
+            d = cpu_times(self.pid) - self.srv0
+            out["server_cpu_pct"] = round(100 * d.total / wall, 1)
+            out["server_user_s"] = round(d.user, 3)
+            out["server_sys_s"] = round(d.sys, 3)
+            if deliveries:
+                out["us_per_del"] = round(1e6 * d.total / deliveries, 2)
+                out["us_per_del_user"] = round(1e6 * d.user / deliveries, 2)
+                out["us_per_del_sys"] = round(1e6 * d.sys / deliveries, 2)
+        if self.pid:
+            out["server_rss"] = rss_bytes(self.pid)
+            out["server_rss_growth"] = out["server_rss"] - self.rss0
+        if out["loadgen_cpu_pct"] > 90:
+            out["warning"] = f"load generator at {out['loadgen_cpu_pct']}% of its core: figures may be its limit"
+            log("WARNING", out["warning"])
+        return out
+
+
+# --- jobs ----------------------------------------------------------------------------
+async def job_fanout(job: Job) -> dict[str, Any]:
+    """1 visitor -> N viewers per session, saturated (rate 0) or paced; optional slow viewers."""
+    sp = job.spec
+    loop = asyncio.get_running_loop()
+    n_sessions = int(sp.get("sessions", 1))
+    n_viewers = int(sp.get("viewers", 4))
+    frame = int(sp.get("frame", 1024))
+    rate = float(sp.get("rate", 0))
+    warmup = float(sp.get("warmup", 0.5))
+    duration = float(sp.get("duration", 2.0))
+    slow = int(sp.get("slow", 0))
+    kf_every = float(sp.get("keyframe_every", 0))
+    timeout = float(sp.get("timeout", 15))
+    t_setup = time.perf_counter()
+    sessions = await setup_sessions(
+        job,
+        n_sessions,
+        n_viewers,
+        frame,
+        int(sp.get("keyframe", 4096)),
+        slow,
+        int(sp.get("concurrency", 32)),
+        timeout,
+    )
+    setup_s = time.perf_counter() - t_setup
+    result: dict[str, Any] = {"setup_s": round(setup_s, 2), "connections": len(all_conns(sessions))}
+    hop: DirectHop | None = None
+    try:
+        await sync_keyframe(sessions, timeout)
+        if sp.get("direct"):
+            hop = DirectHop(job)
+            sessions[0].direct = await hop.start(sessions[0], sp.get("sink_core"))
+            job.pair = True
+        job.sending = True
+        if rate > 0:
+            for i, s in enumerate(sessions):
+                s.start_paced(rate, loop, (i / max(1, n_sessions)) / rate)
+        else:
+            for s in sessions:
+                s.start_saturated(int(sp.get("window", 32)))
+        kf_task: asyncio.Task[None] | None = None
+        if kf_every > 0:
+
+            async def keyframes() -> None:
+                while job.sending:
+                    await asyncio.sleep(kf_every)
+                    for s in sessions:
+                        s.send_keyframe()
+
+            kf_task = asyncio.ensure_future(keyframes())
+        slow_viewers = [w for s in sessions for w in s.viewers if w.slow]
+        for w in slow_viewers:
+            if w.transport is not None:
+                w.transport.underlying_transport.pause_reading()
+        watchdog_stalled = False
+
+        async def watch(until: float) -> None:
+            # Saturated mode is self-clocked by deliveries; if the server drops
+            # frames the window never drains, so re-pump and note the stall.
+            nonlocal watchdog_stalled
+            last = -1
+            idle_since = time.monotonic()
+            while time.monotonic() < until:
+                await asyncio.sleep(0.05)
+                total = sum(s.delivered for s in sessions)
+                if total != last:
+                    last, idle_since = total, time.monotonic()
+                elif time.monotonic() - idle_since > 1.0:
+                    watchdog_stalled = True
+                    for s in sessions:
+                        if s.pumping:
+                            s.delivered = s.seq * s.nview  # forgive what is lost
+                            s.pump()
+                    idle_since = time.monotonic()
+
+        await watch(time.monotonic() + warmup)
+        base = sum(s.delivered for s in sessions)
+        seq0 = [s.seq for s in sessions]
+        job.rec = bool(sp.get("latency", True))
+        if hop is not None:
+            hop.command("rec1")
+        win = Window(sp.get("server_pid"))
+        await watch(time.monotonic() + duration)
+        delivered = sum(s.delivered for s in sessions) - base
+        result.update(win.close(delivered))
+        job.rec = False
+        if hop is not None:
+            hop.command("rec0")
+        job.sending = False
+        for s in sessions:
+            s.stop()
+        sent = sum(s.seq - a for s, a in zip(sessions, seq0, strict=True))
+        result["sent_per_s"] = round(sent / result["wall_s"], 1)
+        result["offered_per_s"] = round(rate * n_sessions, 1) if rate else None
+        if kf_task is not None:
+            kf_task.cancel()
+        # drain: every measured viewer should reach its session's last seq
+        deadline = time.monotonic() + float(sp.get("drain", 5))
+        while time.monotonic() < deadline:
+            if all(w.expect > s.seq for s in sessions for w in s.viewers if not w.slow and not w.closed_at):
+                break
+            await asyncio.sleep(0.01)
+        lost = dup = closed = behind = resyncs = 0
+        for s in sessions:
+            for w in s.viewers:
+                if w.slow:
+                    continue
+                lost += w.lost + w.skipped
+                behind += max(0, s.seq - (w.expect - 1))
+                dup += w.dup
+                resyncs += w.resyncs
+                closed += bool(w.closed_at)
+        result.update(
+            lost=lost,
+            undelivered=behind,
+            resyncs=resyncs,
+            dup=dup,
+            viewers_closed=closed,
+            stalled=watchdog_stalled,
+            frames_sent=sum(s.seq for s in sessions),
+        )
+        result["latency"] = latency_stats(job.lat)
+        if hop is not None:
+            rep = await hop.report(sessions[0].seq)
+            result["direct"] = {"lost": rep["lost"], "dup": rep["dup"], "latency": rep["latency"]}
+            result["added"] = paired(job, rep["pairs"])
+        if slow_viewers:
+            result["slow"] = await slow_outcome(slow_viewers)
+        errs = [e for c in all_conns(sessions) for e in c.errors]
+        if errs:
+            result["errors"] = errs[:10]
+        result["close_codes"] = dict(job.close_codes)
+        return result
+    finally:
+        job.sending = False
+        for s in sessions:
+            s.stop()
+        await close_all(all_conns(sessions))
+        if hop is not None:
+            await hop.stop()
+
+
+async def slow_outcome(slow: list[Viewer]) -> list[dict[str, Any]]:
+    """What became of viewers that stopped reading: resume, drain 2 s, report."""
+    before = [(w.closed_at, w.received) for w in slow]
+    t_resume = time.monotonic()
+    for w in slow:
+        if w.transport is not None and not w.transport.is_disconnected:
+            w.transport.underlying_transport.resume_reading()
+    await asyncio.sleep(2.0)
+    out = []
+    for w, (closed0, rx0) in zip(slow, before, strict=True):
+        if w.closed_at:
+            outcome = f"closed {w.close_code}"
+        elif w.resyncs:
+            outcome = f"resynced x{w.resyncs}"
+        else:
+            outcome = "kept all (unbounded queue)"
+        out.append(
+            {
+                "outcome": outcome,
+                "closed": bool(w.closed_at),
+                "close_code": w.close_code,
+                "closed_before_resume": bool(closed0),
+                "resyncs": w.resyncs,
+                "skipped_by_resync": w.skipped,
+                "gaps": w.lost,
+                "received_before_resume": rx0,
+                "received_total": w.received,
+                "behind_at_end": max(0, w.session.seq - (w.expect - 1)),
+                "drained_s": round(time.monotonic() - t_resume, 2),
+            }
+        )
+    return out
+
+
+class DirectHop:
+    """A sink process on ``core`` and one raw websocket to it: the direct one-hop path."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.proc: asyncio.subprocess.Process | None = None
+        self.conn: Visitor | None = None
+
+    async def start(self, session: Session, core: int | None) -> WSTransport:
+        pin = ["taskset", "-c", str(core)] if core is not None else []
+        self.proc = await asyncio.create_subprocess_exec(
+            *pin, sys.executable, "-m", "bench.loadgen", "--sink",
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 15)
+        port = int(line.split()[1])
+        self.conn = Visitor(session)
+        await _connect(f"ws://127.0.0.1:{port}/direct", self.conn)
+        assert self.conn.transport is not None
+        return self.conn.transport
+
+    def command(self, text: str) -> None:
+        if self.conn is not None and self.conn.transport is not None:
+            self.conn.transport.send(WSMsgType.TEXT, text.encode())
+
+    async def report(self, last_seq: int) -> dict[str, Any]:
+        assert self.conn is not None
+        self.command(f"report {last_seq}")
+        out: dict[str, Any] = json.loads(await asyncio.wait_for(self.conn.text, 10))
+        return out
+
+    async def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        if self.proc is not None:
+            if self.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+            await self.proc.wait()
+
+
+def paired(job: Job, pairs: list[list[int]]) -> dict[str, Any]:
+    """Per-frame relay-added latency: each viewer's latency minus the direct hop's for that seq."""
+    direct = {seq: lat for seq, lat in pairs}
+    diffs = sorted(lat - direct[seq] for seq, lat in zip(job.lat_seq, job.lat, strict=True) if seq in direct)
+    if not diffs:
+        return {"n": 0}
+    n = len(diffs)
+    return {
+        "n": n,
+        "p50_us": round(diffs[n // 2] / 1000, 1),
+        "p90_us": round(diffs[min(n - 1, int(0.9 * n))] / 1000, 1),
+        "p99_us": round(diffs[min(n - 1, int(0.99 * n))] / 1000, 1),
+    }
+
+
+async def job_direct(job: Job) -> dict[str, Any]:
+    """The direct one-hop path alone: paced frames to a sink process on ``sink_core``.
+
+    The sink (``python -m bench.loadgen --sink``) runs where the relay would,
+    so the hop crosses processes and cores with the wake-ups that implies,
+    and nothing else. It timestamps with the same system-wide monotonic clock.
+    """
+    sp = job.spec
+    loop = asyncio.get_running_loop()
+    s = Session(job, 0, int(sp.get("frame", 1024)), 4096)
+    hop = DirectHop(job)
+    try:
+        await hop.start(s, sp.get("sink_core"))
+        s.visitor = hop.conn
+        s.nview = 1
+        job.sending = True
+        s.start_paced(float(sp.get("rate", 60)), loop, 0.0)
+        await asyncio.sleep(float(sp.get("warmup", 0.3)))
+        hop.command("rec1")
+        seq0 = s.seq
+        await asyncio.sleep(float(sp.get("duration", 2.0)))
+        hop.command("rec0")
+        job.sending = False
+        s.stop()
+        await asyncio.sleep(0.05)
+        rep = await hop.report(s.seq)
+        return {"sent": s.seq - seq0, "lost": rep["lost"], "dup": rep["dup"], "latency": rep["latency"]}
+    finally:
+        job.sending = False
+        s.stop()
+        await hop.stop()
+
+
+async def sink_main() -> None:
+    """Receiver side of :func:`job_direct`: record latencies until told to report."""
+    job = Job({"mode": "raw", "url": "ws://unused"})
+    job.pair = True
+    s = Session(job, 0, 1024, 64)
+    s.nview = 1
+    finished = asyncio.get_running_loop().create_future()
+
+    class Sink(Viewer):
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type is not WSMsgType.TEXT:
+                super().on_ws_frame(transport, frame)
+                return
+            cmd = frame.get_payload_as_ascii_text()
+            if cmd == "rec1":
+                job.rec = True
+            elif cmd == "rec0":
+                job.rec = False
+            elif cmd.startswith("report"):
+                last = int(cmd.split()[1])
+                out: dict[str, Any] = {"lost": self.lost + max(0, last - (self.expect - 1)), "dup": self.dup}
+                out["latency"] = latency_stats(job.lat)
+                out["pairs"] = list(zip(job.lat_seq, job.lat, strict=True))
+                transport.send(WSMsgType.TEXT, json.dumps(out).encode())
+
+        def on_ws_disconnected(self, transport: WSTransport) -> None:
+            super().on_ws_disconnected(transport)
+            if not finished.done():
+                finished.set_result(None)
+
+    server = await ws_create_server(lambda _req: Sink(s), "127.0.0.1", 0, max_frame_size=MAX_MESSAGE)
+    print("PORT", server.sockets[0].getsockname()[1], flush=True)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(finished, 300)
+    server.close()
+
+
+async def job_idle(job: Job) -> dict[str, Any]:
+    """Open ``count`` connections in sessions of ``group`` (1 visitor + viewers) and hold them."""
+    sp = job.spec
+    count = int(sp["count"])
+    group = int(sp.get("group", 5))
+    timeout = float(sp.get("timeout", 20))
+    n_sessions = count // group
+    first = int(sp.get("first_session", 0))
+    sessions = [Session(job, first + i, 1024, 64) for i in range(n_sessions)]
+    sem = asyncio.Semaphore(int(sp.get("concurrency", 64)))
+    failures: list[str] = []
+    done = 0
+
+    deadline = time.perf_counter() + float(sp.get("connect_deadline", 1e9))
+    skipped = 0
+
+    async def one(s: Session) -> None:
+        nonlocal done, skipped
+        async with sem:
+            if time.perf_counter() > deadline:  # bounded: stop opening, report what is held
+                skipped += 1
+                return
+            try:
+                await connect_visitor(s, timeout)
+                done += 1
+                res = await asyncio.gather(
+                    *(connect_viewer(s, False, timeout, accept=False) for _ in range(group - 1)),
+                    return_exceptions=True,
+                )
+                for r in res:
+                    if isinstance(r, BaseException):
+                        failures.append(repr(r))
+                    else:
+                        done += 1
+            except (OSError, TimeoutError, ConnectionError) as e:
+                failures.append(repr(e))
+            except Exception as e:  # picows handshake errors and the like
+                failures.append(repr(e))
+
+    t0 = time.perf_counter()
+    own0 = self_cpu()
+    srv0 = cpu_times(sp["server_pid"]) if sp.get("server_pid") else None
+    await asyncio.wait_for(asyncio.gather(*(one(s) for s in sessions)), float(sp.get("budget", 120)))
+    elapsed = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "connections": done,
+        "failures": len(failures),
+        "failure_samples": failures[:5],
+        "connect_s": round(elapsed, 3),
+        "sessions_skipped_at_deadline": skipped,
+        "handshakes_per_s": round(done / elapsed, 1) if elapsed else 0.0,
+        "loadgen_cpu_pct": round(100 * (self_cpu() - own0) / elapsed, 1) if elapsed else 0.0,
+    }
+    if srv0 is not None:
+        d = cpu_times(sp["server_pid"]) - srv0
+        result["server_cpu_s"] = round(d.total, 3)
+        result["server_us_per_handshake"] = round(1e6 * d.total / max(1, done), 1)
+    if sp.get("barrier"):
+        print("EVENT connected " + json.dumps(result), flush=True)
+        # wait for the orchestrator to measure RSS (bounded)
+        line = await asyncio.wait_for(loop_readline(), float(sp.get("hold_max", 120)))
+        _ = line
+    else:
+        await asyncio.sleep(float(sp.get("hold", 1.0)))
+        if sp.get("server_pid"):
+            result["server_rss"] = rss_bytes(sp["server_pid"])
+    alive = sum(1 for c in all_conns(sessions) if c.transport is not None and not c.transport.is_disconnected)
+    result["alive_at_end"] = alive
+    await close_all(all_conns(sessions), 10)
+    return result
+
+
+async def loop_readline() -> str:
+    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+async def job_join(job: Job) -> dict[str, Any]:
+    """Time for a joining viewer to hold a 1 MiB keyframe and the 500 deltas after it.
+
+    relay: the session's log serves the joiner (the visitor is not involved).
+    raw: the baselines hold no log; the visitor resends keyframe + deltas when
+    the viewer has connected (what a system without a relay-side log must do).
+    """
+    sp = job.spec
+    kf_size = int(sp.get("keyframe", 1 << 20))
+    deltas = int(sp.get("deltas", 500))
+    frame = int(sp.get("frame", 1024))
+    repeats = int(sp.get("repeats", 5))
+    timeout = float(sp.get("timeout", 20))
+    s = Session(job, 0, frame, kf_size)
+    times: list[float] = []
+    welcome_ms: list[float] = []
+    try:
+        await connect_visitor(s, timeout)
+
+        def burst() -> None:
+            s.send_keyframe()
+            for _ in range(deltas):
+                s.send_delta()
+
+        if job.mode == "relay":
+            anchor = await connect_viewer(s, False, timeout)
+            burst()
+            await anchor.until_seq(s.seq, timeout)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            if job.mode == "relay":
+                w = await connect_viewer(s, False, timeout, accept=False)
+                welcome_ms.append(1000 * (time.perf_counter() - t0))
+            else:
+                w = await connect_viewer(s, False, timeout)
+                welcome_ms.append(1000 * (time.perf_counter() - t0))
+                burst()
+            await w.until_seq(s.seq, timeout)
+            times.append(1000 * (time.perf_counter() - t0))
+            if w.keyframes < 1:
+                job.errors.append("joined without a keyframe")
+            s.viewers.remove(w)
+            w.close()
+            await asyncio.sleep(0.05)
+        times_sorted = sorted(times)
+        return {
+            "keyframe_bytes": s.kf.size,
+            "deltas": deltas,
+            "times_ms": [round(t, 2) for t in times],
+            "median_ms": round(times_sorted[len(times) // 2], 2),
+            "connect_ms_median": round(sorted(welcome_ms)[len(welcome_ms) // 2], 2),
+            "errors": job.errors[:5],
+        }
+    finally:
+        await close_all(all_conns([s]))
+
+
+JOBS: dict[str, Callable[[Job], Any]] = {
+    "fanout": job_fanout,
+    "direct": job_direct,
+    "idle": job_idle,
+    "join": job_join,
+}
+
+
+async def run_job(spec: dict[str, Any]) -> dict[str, Any]:
+    job = Job(spec)
+    t0 = time.perf_counter()
+    try:
+        result = await asyncio.wait_for(JOBS[spec["type"]](job), float(spec.get("budget", 120)))
+        result["ok"] = True
+    except Exception as e:  # reported, never silently
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        log("job failed:", spec.get("type"), spec.get("label", ""), result["error"])
+    result["label"] = spec.get("label", spec["type"])
+    result["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    return dict(result)
+
+
+async def run_jobs(specs: list[dict[str, Any]], emit: Callable[[dict[str, Any]], None]) -> None:
+    for spec in specs:
+        emit(await run_job(spec))
+        await asyncio.sleep(float(spec.get("pause", 0.1)))
+
+
+def main() -> None:
+    raise_nofile()
+    import uvloop
+
+    if sys.argv[1:] == ["--sink"]:
+        uvloop.run(sink_main())
+        return
+    line = sys.stdin.readline()
+    spec = json.loads(line)
+
+    def emit(r: dict[str, Any]) -> None:
+        print("RESULT " + json.dumps(r), flush=True)
+
+    uvloop.run(run_jobs(spec["jobs"], emit))
+
+
+if __name__ == "__main__":
+    main()

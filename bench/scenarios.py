@@ -1,0 +1,949 @@
+"""The seven scenarios of issue #5: jobs for the load generator, medians, rows.
+
+Each scenario returns ``{"title", "rows", "runs", "notes"}``. A row is one
+figure for every target side by side (see :func:`row`), with the relay's
+ratio to each baseline and, where the issue sets one, its target and
+whether it was met. Runs of different targets are interleaved round by
+round, so a slow minute on this shared machine hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.proc import child_setup, nofile_hard, pin_prefix, rss_bytes
+from bench.targets import BASELINES, REPO, TARGETS, Target, start_target
+
+__all__ = ["Ctx", "SCENARIOS", "QUICK", "ALL", "row", "run_loadgen"]
+
+KiB = 1024
+
+
+@dataclass
+class Ctx:
+    quick: bool
+    server_core: int | None
+    loadgen_core: int | None
+    log_dir: Path
+    only: tuple[str, ...] = TARGETS
+    # scenario 5 compares with the websockets baseline; picows too when asked by name (time)
+    idle_targets: tuple[str, ...] = ("relay", "websockets")
+    t_end: float = float("inf")  # monotonic time the whole command should be done by
+    targets: dict[str, Target] = field(default_factory=dict)
+
+    def start(self) -> None:
+        for name in self.only:
+            if name not in self.targets or not self.targets[name].ok:
+                t = start_target(name, self.server_core, self.log_dir)
+                self.targets[name] = t
+                if t.error:
+                    say(f"  ! {name} did not start: {t.error}")
+
+    def stop(self) -> None:
+        for t in self.targets.values():
+            t.stop()
+        self.targets.clear()
+
+    def live(self) -> list[Target]:
+        if not self.targets:  # started lazily; scenario 5 stops them
+            self.start()
+        return [self.targets[n] for n in self.only if n in self.targets and self.targets[n].ok]
+
+    def missing(self) -> dict[str, str]:
+        return {n: t.error or "not running" for n, t in self.targets.items() if not t.ok}
+
+
+def say(*a: object, end: str = "\n") -> None:
+    print(*a, end=end, flush=True)
+
+
+# --- running the load generator ------------------------------------------------------------
+def run_loadgen(
+    jobs: list[dict[str, Any]],
+    core: int | None,
+    timeout: float,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run jobs in one pinned load generator process; bounded by ``timeout`` seconds."""
+    proc = subprocess.Popen(
+        [*pin_prefix(core), sys.executable, "-m", "bench.loadgen"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+        preexec_fn=child_setup,
+    )
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    errs: list[str] = []
+
+    def drain_err() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            line = line.rstrip()
+            if "WARNING" in line or "failed" in line or "Error" in line or "Traceback" in line:
+                errs.append(line)
+                say("  " + line)
+
+    t_err = threading.Thread(target=drain_err, daemon=True)
+    t_err.start()
+    out: list[dict[str, Any]] = []
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps({"jobs": jobs}) + "\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            if line.startswith("RESULT "):
+                r = json.loads(line[7:])
+                out.append(r)
+                if on_result is not None:
+                    on_result(r)
+        proc.wait(10)
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        t_err.join(2)
+    if len(out) < len(jobs):
+        say(f"  ! load generator returned {len(out)}/{len(jobs)} results (timeout {timeout:.0f}s or crash)")
+    return out
+
+
+def progress(r: dict[str, Any]) -> None:
+    mark = "." if r.get("ok") else "x"
+    print(mark, end="", flush=True)
+
+
+# --- figures --------------------------------------------------------------------------------
+def med(xs: Iterable[float | int | None]) -> float | None:
+    vals = [float(x) for x in xs if x is not None]
+    return round(statistics.median(vals), 2) if vals else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def row(
+    scenario: str,
+    case: str,
+    metric: str,
+    unit: str,
+    values: dict[str, float | None],
+    better: str = "lower",
+    target: str = "",
+    met: bool | None = None,
+) -> dict[str, Any]:
+    """One figure for every target, with the relay's ratio to each baseline."""
+    rel = values.get("relay")
+    return {
+        "scenario": scenario,
+        "case": case,
+        "metric": metric,
+        "unit": unit,
+        "values": values,
+        "ratios": {f"relay/{b}": ratio(rel, values.get(b)) for b in BASELINES},
+        "better": better,
+        "target": target,
+        "met": met,
+    }
+
+
+def check(value: float | None, op: str, limit: float) -> bool | None:
+    if value is None:
+        return None
+    return value <= limit if op == "<=" else value >= limit
+
+
+def group(results: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """Results by their label minus the trailing round number."""
+    out: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in results:
+        key = tuple(r["label"].split("|")[:-1])
+        out.setdefault(key, []).append(r)
+    return out
+
+
+def field_med(rs: list[dict[str, Any]] | None, name: str) -> float | None:
+    if not rs:
+        return None
+    return med(r.get(name) for r in rs if r.get("ok", True))
+
+
+def lat_med(rs: list[dict[str, Any]] | None, name: str) -> float | None:
+    if not rs:
+        return None
+    return med(r.get("latency", {}).get(name) for r in rs if r.get("ok", True))
+
+
+def strip_runs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs as stored in the JSON: CDFs kept only where the chart needs them."""
+    out = []
+    for r in results:
+        r = dict(r)
+        if "latency" in r and not r.get("keep_cdf"):
+            r["latency"] = {k: v for k, v in r["latency"].items() if k != "cdf_us"}
+        out.append(r)
+    return out
+
+
+def base_notes(ctx: Ctx, results: list[dict[str, Any]]) -> list[str]:
+    notes = [f"{n}: {e}" for n, e in ctx.missing().items()]
+    for r in results:
+        if not r.get("ok"):
+            notes.append(f"{r['label']}: {r.get('error')}")
+        if r.get("warning"):
+            notes.append(f"{r['label']}: {r['warning']}")
+        if r.get("errors"):
+            notes.append(f"{r['label']}: {r['errors'][:3]}")
+    return notes[:30]
+
+
+# --- 1. saturated fan-out ----------------------------------------------------------------------
+WINDOW = {1 * KiB: 128, 32 * KiB: 16}  # frames in flight per viewer: saturates, stays under 1 MiB queued
+
+
+def saturated(ctx: Ctx) -> dict[str, Any]:
+    rounds = 3 if ctx.quick else 5
+    duration = 1.0 if ctx.quick else 1.5
+    sizes = (1 * KiB, 32 * KiB)
+    jobs = []
+    for rnd in range(rounds):
+        for size in sizes:
+            for t in ctx.live():
+                jobs.append(
+                    {
+                        **t.spec(),
+                        "type": "fanout",
+                        "label": f"{t.name}|{size}|{rnd}",
+                        "viewers": 4,
+                        "frame": size,
+                        "window": WINDOW[size],
+                        "warmup": 0.4,
+                        "duration": duration,
+                        "latency": False,
+                        "drain": 3,
+                    }
+                )
+    say(f"1. saturated fan-out 1->4, {rounds} rounds x {duration}s ", end="")
+    results = run_loadgen(jobs, ctx.loadgen_core, 60 + len(jobs) * (duration + 6), progress)
+    say()
+    g = group(results)
+    rows = []
+    for size in sizes:
+        case = f"{size // KiB} KiB, 1->4"
+        by = {t: g.get((t, str(size))) for t in TARGETS}
+        dps = {t: field_med(by[t], "del_per_s") for t in TARGETS}
+        us = {t: field_med(by[t], "us_per_del") for t in TARGETS}
+        if size == 1 * KiB:
+            r_us = ratio(us["relay"], us["websockets"])
+            r_dps = ratio(dps["relay"], dps["websockets"])
+            rows.append(
+                row(
+                    "1 saturated",
+                    case,
+                    "deliveries/s",
+                    "/s",
+                    dps,
+                    "higher",
+                    ">=0.9x ws",
+                    check(r_dps, ">=", 0.9),
+                )
+            )
+            rows.append(
+                row(
+                    "1 saturated",
+                    case,
+                    "CPU per delivery",
+                    "µs",
+                    us,
+                    "lower",
+                    "<=1.11x ws",
+                    check(r_us, "<=", 1.11),
+                )
+            )
+            rows.append(
+                row(
+                    "1 saturated",
+                    case,
+                    "CPU per delivery (stretch)",
+                    "µs",
+                    us,
+                    "lower",
+                    "<=9.8 µs",
+                    check(us["relay"], "<=", 9.8),
+                )
+            )
+        else:
+            r_dps = ratio(dps["relay"], dps["websockets"])
+            rows.append(
+                row(
+                    "1 saturated",
+                    case,
+                    "deliveries/s",
+                    "/s",
+                    dps,
+                    "higher",
+                    ">=1.0x ws",
+                    check(r_dps, ">=", 1.0),
+                )
+            )
+            rows.append(row("1 saturated", case, "CPU per delivery", "µs", us, "lower"))
+        rows.append(
+            row(
+                "1 saturated",
+                case,
+                "  user part",
+                "µs",
+                {t: field_med(by[t], "us_per_del_user") for t in TARGETS},
+            )
+        )
+        rows.append(
+            row(
+                "1 saturated",
+                case,
+                "  sys part",
+                "µs",
+                {t: field_med(by[t], "us_per_del_sys") for t in TARGETS},
+            )
+        )
+        rows.append(
+            row(
+                "1 saturated",
+                case,
+                "server CPU",
+                "%",
+                {t: field_med(by[t], "server_cpu_pct") for t in TARGETS},
+                "info",
+            )
+        )
+        rows.append(
+            row(
+                "1 saturated",
+                case,
+                "loadgen CPU (max)",
+                "%",
+                {t: _max(by[t], "loadgen_cpu_pct") for t in TARGETS},
+                "info",
+            )
+        )
+        lost = {t: _loss(by[t]) for t in TARGETS}
+        rows.append(row("1 saturated", case, "lost frames", "", lost, "lower", "0", check(lost["relay"], "<=", 0)))
+    return {
+        "title": "1. Saturated fan-out 1 -> 4",
+        "rows": rows,
+        "runs": strip_runs(results),
+        "notes": base_notes(ctx, results),
+    }
+
+
+def _loss(rs: list[dict[str, Any]] | None) -> float | None:
+    """Frames never delivered: sequence gaps, frames skipped by a resync, and
+    frames still missing when the drain after the run gave up."""
+    a, b = _sum(rs, "lost"), _sum(rs, "undelivered")
+    return None if a is None else a + (b or 0)
+
+
+def _mib(v: float | None) -> float | None:
+    return None if v is None else round(v / 2**20, 1)
+
+
+def _max(rs: list[dict[str, Any]] | None, name: str) -> float | None:
+    vals = [float(r[name]) for r in rs or [] if r.get("ok", True) and r.get(name) is not None]
+    return max(vals) if vals else None
+
+
+def _sum(rs: list[dict[str, Any]] | None, name: str) -> float | None:
+    vals = [float(r[name]) for r in rs or [] if r.get("ok", True) and r.get(name) is not None]
+    return sum(vals) if vals else None
+
+
+# --- 2. paced latency ----------------------------------------------------------------------------
+def paced(ctx: Ctx) -> dict[str, Any]:
+    """p50/p99 latency at 60 and 1000 frames/s, and what the relay adds to a direct hop.
+
+    Every run also sends each frame, at the same instant and with the same
+    stamp, over a direct websocket to a sink process on the server core. The
+    relay-added latency is per frame: a viewer's latency minus the direct
+    hop's for the same frame, so noise both paths share cancels out.
+    """
+    rounds = 2 if ctx.quick else 3
+    rates = {60: 2.0 if ctx.quick else 3.0, 1000: 1.0 if ctx.quick else 2.0}
+    jobs = []
+    for rnd in range(rounds):
+        for rate, duration in rates.items():
+            for t in ctx.live():
+                jobs.append(
+                    {
+                        **t.spec(),
+                        "type": "fanout",
+                        "label": f"{t.name}|{rate}|{rnd}",
+                        "viewers": 4,
+                        "rate": rate,
+                        "frame": KiB,
+                        "duration": duration,
+                        "warmup": 0.2 if ctx.quick else 0.3,
+                        "direct": True,
+                        "sink_core": ctx.server_core,
+                        "drain": 3,
+                    }
+                )
+    say(f"2. paced latency 60 and 1000 frames/s, 1->4 + direct hop, {rounds} rounds ", end="")
+    budget = 60 + len(jobs) * 6 + rounds * len(ctx.live()) * sum(rates.values())
+    results = run_loadgen(jobs, ctx.loadgen_core, budget, progress)
+    say()
+    g = group(results)
+    rows = []
+    cdfs: dict[str, dict[str, list[float]]] = {}
+    for rate in rates:
+        case = f"{rate} frames/s, 1 KiB, 1->4"
+        by = {t: g.get((t, str(rate))) for t in TARGETS}
+        directs = [r["direct"] for t in TARGETS for r in by[t] or [] if r.get("ok") and r.get("direct")]
+        p50: dict[str, float | None] = {t: lat_med(by[t], "p50_us") for t in TARGETS}
+        p99: dict[str, float | None] = {t: lat_med(by[t], "p99_us") for t in TARGETS}
+        p50["direct"] = lat_med(directs, "p50_us")
+        p99["direct"] = lat_med(directs, "p99_us")
+        added = {t: med(r.get("added", {}).get("p50_us") for r in by[t] or [] if r.get("ok")) for t in TARGETS}
+        added99 = {t: med(r.get("added", {}).get("p99_us") for r in by[t] or [] if r.get("ok")) for t in TARGETS}
+        limit = 250.0 if rate == 60 else 100.0
+        rows.append(row("2 paced", case, "p50 latency", "µs", p50))
+        rows.append(row("2 paced", case, "p99 latency", "µs", p99))
+        rows.append(
+            row(
+                "2 paced",
+                case,
+                "added p50 vs direct hop",
+                "µs",
+                added,
+                "lower",
+                f"<={limit:.0f} µs",
+                check(added["relay"], "<=", limit),
+            )
+        )
+        rows.append(row("2 paced", case, "added p99 vs direct hop", "µs", added99))
+        lost = {t: _loss(by[t]) for t in TARGETS}
+        lost["direct"] = _sum(directs, "lost")
+        rows.append(row("2 paced", case, "lost frames", "", lost, "lower", "0", check(lost["relay"], "<=", 0)))
+        rows.append(row("2 paced", case, "dup frames", "", {t: _sum(by[t], "dup") for t in TARGETS}, "lower"))
+        cpu = {t: field_med(by[t], "server_cpu_pct") for t in TARGETS}
+        rows.append(row("2 paced", case, "server CPU", "%", cpu, "info"))
+        first = {t: _median_run(by[t]) for t in TARGETS}
+        cdfs[str(rate)] = {t: first[t].get("latency", {}).get("cdf_us", []) for t in TARGETS}
+        cdfs[str(rate)]["direct"] = first["relay"].get("direct", {}).get("latency", {}).get("cdf_us", [])
+    runs = strip_runs(results)
+    for r in runs:
+        if "direct" in r:
+            r["direct"] = {**r["direct"], "latency": {k: v for k, v in r["direct"]["latency"].items() if k != "cdf_us"}}
+    return {
+        "title": "2. Paced latency",
+        "rows": rows,
+        "runs": runs,
+        "cdf_us": cdfs,
+        "notes": base_notes(ctx, results),
+    }
+
+
+def _median_run(rs: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The run whose p50 is the median: its CDF is the one charted."""
+    ok = sorted((r for r in rs or [] if r.get("ok")), key=lambda r: r.get("latency", {}).get("p50_us") or 0.0)
+    return ok[len(ok) // 2] if ok else {}
+
+
+# --- 3. fan-out scaling ---------------------------------------------------------------------------
+def fanout(ctx: Ctx) -> dict[str, Any]:
+    rounds = 2
+    duration = 1.0 if ctx.quick else 1.2
+    counts = (1, 4, 16, 64)
+    jobs = []
+    for rnd in range(rounds):
+        for n in counts:
+            for t in ctx.live():
+                jobs.append(
+                    {
+                        **t.spec(),
+                        "type": "fanout",
+                        "label": f"{t.name}|{n}|{rnd}",
+                        "viewers": n,
+                        "frame": KiB,
+                        "window": max(16, 512 // n),
+                        "warmup": 0.4,
+                        "duration": duration,
+                        "latency": False,
+                        "drain": 3,
+                    }
+                )
+    say(f"3. fan-out scaling 1/4/16/64 viewers, 1 KiB, {rounds} rounds ", end="")
+    results = run_loadgen(jobs, ctx.loadgen_core, 60 + len(jobs) * (duration + 6), progress)
+    say()
+    g = group(results)
+    rows = []
+    for n in counts:
+        by = {t: g.get((t, str(n))) for t in TARGETS}
+        case = f"1->{n}, 1 KiB"
+        rows.append(
+            row(
+                "3 fan-out",
+                case,
+                "deliveries/s",
+                "/s",
+                {t: field_med(by[t], "del_per_s") for t in TARGETS},
+                "higher",
+            )
+        )
+        rows.append(
+            row(
+                "3 fan-out",
+                case,
+                "CPU per delivery",
+                "µs",
+                {t: field_med(by[t], "us_per_del") for t in TARGETS},
+            )
+        )
+        lost = {t: _loss(by[t]) for t in TARGETS}
+        rows.append(row("3 fan-out", case, "lost frames", "", lost, "lower", "0", check(lost["relay"], "<=", 0)))
+    return {
+        "title": "3. Fan-out scaling",
+        "rows": rows,
+        "runs": strip_runs(results),
+        "notes": base_notes(ctx, results),
+    }
+
+
+# --- 4. many sessions ----------------------------------------------------------------------------
+def sessions(ctx: Ctx) -> dict[str, Any]:
+    n_sessions = 400
+    rate = 60
+    duration = 2.0 if ctx.quick else 4.0
+    jobs = [
+        {
+            **t.spec(),
+            "type": "fanout",
+            "label": f"{t.name}|400|0",
+            "sessions": n_sessions,
+            "viewers": 4,
+            "rate": rate,
+            "frame": KiB,
+            "warmup": 1.0,
+            "duration": duration,
+            "concurrency": 32,
+            "timeout": 30,
+            "drain": 5,
+            "budget": 150,
+        }
+        for t in ctx.live()
+    ]
+    say(f"4. {n_sessions} sessions of 1+4 at {rate} frames/s, 1 KiB ", end="")
+    results = run_loadgen(jobs, ctx.loadgen_core, 60 + len(jobs) * 120, progress)
+    say()
+    g = group(results)
+    by = {t: g.get((t, "400")) for t in TARGETS}
+    case = f"{n_sessions}x(1+4) @{rate}/s"
+    offered = n_sessions * 4 * rate
+    rows = [
+        row(
+            "4 sessions",
+            case,
+            "deliveries/s",
+            "/s",
+            {t: field_med(by[t], "del_per_s") for t in TARGETS},
+            "higher",
+            f"{offered} offered",
+        ),
+        row("4 sessions", case, "server CPU", "%", {t: field_med(by[t], "server_cpu_pct") for t in TARGETS}),
+        row("4 sessions", case, "CPU per delivery", "µs", {t: field_med(by[t], "us_per_del") for t in TARGETS}),
+        row("4 sessions", case, "p50 latency", "µs", {t: lat_med(by[t], "p50_us") for t in TARGETS}),
+        row("4 sessions", case, "p99 latency", "µs", {t: lat_med(by[t], "p99_us") for t in TARGETS}),
+        row("4 sessions", case, "lost frames", "", {t: _loss(by[t]) for t in TARGETS}, "lower", "0"),
+        row("4 sessions", case, "viewer resyncs", "", {t: _sum(by[t], "resyncs") for t in TARGETS}, "info"),
+        row("4 sessions", case, "setup (2000 sockets)", "s", {t: field_med(by[t], "setup_s") for t in TARGETS}),
+        row(
+            "4 sessions",
+            case,
+            "loadgen CPU",
+            "%",
+            {t: field_med(by[t], "loadgen_cpu_pct") for t in TARGETS},
+            "info",
+        ),
+    ]
+    lost = rows[5]["values"].get("relay")
+    rows[5]["met"] = check(lost, "<=", 0)
+    return {
+        "title": "4. Many sessions",
+        "rows": rows,
+        "runs": strip_runs(results),
+        "notes": base_notes(ctx, results),
+    }
+
+
+# --- 5. idle sockets ---------------------------------------------------------------------------
+def idle(ctx: Ctx) -> dict[str, Any]:
+    """20,000 sockets in sessions of 5: RSS per connection and handshakes/s.
+
+    Each target is started fresh (RSS deltas on a process that already served
+    heavy load would reuse freed memory), warmed with 50 sockets, then two
+    load generator processes (file limits are per process) open half each.
+    """
+    hard = nofile_hard()
+    want = 20_000
+    # the server holds every socket plus a few dozen fds of its own
+    n = min(want, (hard - 64) // 5 * 5)
+    rows_vals: dict[str, dict[str, float | None]] = {}
+    runs: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if n < want:
+        notes.append(
+            f"RLIMIT_NOFILE hard limit here is {hard} per process and cannot be raised (no CAP_SYS_RESOURCE): "
+            f"{n} sockets is the most one server process can hold, not {want}"
+        )
+    ctx.stop()
+    for name in [n for n in ctx.only if n in ctx.idle_targets]:
+        t = start_target(name, ctx.server_core, ctx.log_dir)
+        if t.error:
+            notes.append(f"{name}: {t.error}")
+            continue
+        try:
+            say(f"5. idle sockets: {name}, {n} connections ", end="")
+            left = [x for x in ctx.only if x in ctx.idle_targets]
+            per = (ctx.t_end - time.monotonic()) / max(1, len(left) - left.index(name)) - 25
+            r = _idle_one(ctx, t, n, max(20.0, min(150.0 if len(left) > 2 else 90.0, per)))
+            say(f" {r.get('connections')} up, {r.get('rss_per_conn_kib')} KiB/conn, {r.get('handshakes_per_s')}/s")
+            runs.append({"target": name, **r})
+            if r.get("stopped_at_deadline"):
+                notes.append(
+                    f"{name}: connect phase stopped at its time budget with {r.get('connections')} sockets "
+                    "(handshakes too slow to open all in time on this machine)"
+                )
+            rows_vals[name] = r
+        finally:
+            t.stop()
+
+    def v(key: str) -> dict[str, float | None]:
+        return {t: rows_vals.get(t, {}).get(key) for t in TARGETS}
+
+    case = f"{n} sockets, sessions of 5"
+    rss = v("rss_per_conn_kib")
+    hs = v("handshakes_per_s")
+    conns = v("connections")
+    rows = [
+        row(
+            "5 idle",
+            case,
+            "connections held",
+            "",
+            conns,
+            "higher",
+            f">={want}",
+            check(conns["relay"], ">=", want),
+        ),
+        row(
+            "5 idle",
+            case,
+            "RSS per connection",
+            "KiB",
+            rss,
+            "lower",
+            "<=18.5 KiB",
+            check(rss["relay"], "<=", 18.5),
+        ),
+        row(
+            "5 idle",
+            case,
+            "RSS per connection (aim)",
+            "KiB",
+            rss,
+            "lower",
+            "<=12.5 KiB",
+            check(rss["relay"], "<=", 12.5),
+        ),
+        row(
+            "5 idle",
+            case,
+            "handshakes/s",
+            "/s",
+            hs,
+            "higher",
+            ">=1.0x ws",
+            check(ratio(hs["relay"], hs["websockets"]), ">=", 1.0),
+        ),
+        row("5 idle", case, "server CPU per handshake", "µs", v("server_us_per_handshake")),
+        row("5 idle", case, "failed connects", "", v("failures")),
+    ]
+    return {"title": "5. Idle sockets", "rows": rows, "runs": runs, "notes": notes}
+
+
+def _idle_one(ctx: Ctx, t: Target, n: int, deadline: float) -> dict[str, Any]:
+    spec = t.spec()
+    assert t.server is not None
+    pid = t.server.pid
+    warm = run_loadgen(
+        [{**spec, "type": "idle", "label": "warm|0", "count": 50, "hold": 0.2, "run_id": "warm"}],
+        ctx.loadgen_core,
+        60,
+    )
+    time.sleep(0.5)
+    rss0 = rss_bytes(pid)
+    halves = [n // 10 * 5, n - n // 10 * 5]
+    procs = []
+    for i, count in enumerate(halves):
+        job = {
+            **spec,
+            "type": "idle",
+            "label": f"idle{i}|0",
+            "count": count,
+            "group": 5,
+            "concurrency": 48,
+            "barrier": True,
+            "run_id": f"idle{i}",
+            "timeout": 30,
+            "budget": 150,
+            "hold_max": 120,
+            "connect_deadline": deadline,
+        }
+        p = subprocess.Popen(
+            [*pin_prefix(ctx.loadgen_core), sys.executable, "-m", "bench.loadgen"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=str(REPO),
+            preexec_fn=child_setup,
+        )
+        assert p.stdin is not None
+        p.stdin.write(json.dumps({"jobs": [job]}) + "\n")
+        p.stdin.flush()
+        procs.append(p)
+    killers = [threading.Timer(200, p.kill) for p in procs]
+    for k in killers:
+        k.start()
+    connected: list[dict[str, Any]] = []
+    finals: list[dict[str, Any]] = []
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            for line in p.stdout:
+                if line.startswith("EVENT connected "):
+                    connected.append(json.loads(line[len("EVENT connected ") :]))
+                    break
+                if line.startswith("RESULT "):  # failed before the barrier
+                    finals.append(json.loads(line[7:]))
+                    break
+            print(".", end="", flush=True)
+        time.sleep(1.0)
+        rss1 = rss_bytes(pid)
+        for p in procs:
+            assert p.stdin is not None
+            try:
+                p.stdin.write("\n")
+                p.stdin.flush()
+            except OSError:
+                pass
+        for p in procs:
+            assert p.stdout is not None
+            for line in p.stdout:
+                if line.startswith("RESULT "):
+                    finals.append(json.loads(line[7:]))
+            p.wait(30)
+    finally:
+        for k in killers:
+            k.cancel()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    conns = sum(c.get("connections", 0) for c in connected)
+    elapsed = max((c.get("connect_s", 0.0) for c in connected), default=0.0)
+    cpu = sum(c.get("server_cpu_s", 0.0) for c in connected)
+    out: dict[str, Any] = {
+        "connections": conns,
+        "failures": sum(c.get("failures", 0) for c in connected) + sum(1 for f in finals if not f.get("ok")),
+        "failure_samples": [s for c in connected for s in c.get("failure_samples", [])][:5]
+        + [f.get("error") for f in finals if not f.get("ok")][:3],
+        "connect_s": elapsed,
+        "handshakes_per_s": round(conns / elapsed, 1) if elapsed else None,
+        "rss_before": rss0,
+        "rss_after": rss1,
+        "rss_per_conn_kib": round((rss1 - rss0) / conns / 1024, 2) if conns else None,
+        # both generators overlap in time: CPU is summed, so this is per handshake
+        "server_us_per_handshake": round(1e6 * cpu / conns / 2, 1) if conns else None,
+        "loadgen_cpu_pct": [c.get("loadgen_cpu_pct") for c in connected],
+        "alive_at_end": sum(f.get("alive_at_end", 0) for f in finals),
+        "stopped_at_deadline": sum(c.get("sessions_skipped_at_deadline", 0) for c in connected) > 0,
+        "warm_ok": bool(warm and warm[0].get("ok")),
+    }
+    return out
+
+
+# --- 6. slow viewer --------------------------------------------------------------------------
+def slow(ctx: Ctx) -> dict[str, Any]:
+    duration = 3.0 if ctx.quick else 4.0
+    rounds = 1 if ctx.quick else 2
+    frame = 4 * KiB
+    rate = 1000
+    jobs = []
+    for rnd, variant in ((r, v) for r in range(rounds) for v in ("without", "with")):
+        for t in ctx.live():
+            jobs.append(
+                {
+                    **t.spec(),
+                    "type": "fanout",
+                    "label": f"{t.name}|{variant}|{rnd}",
+                    "viewers": 4,
+                    "slow": 1 if variant == "with" else 0,
+                    "rate": rate,
+                    "frame": frame,
+                    "keyframe": 32 * KiB,
+                    "keyframe_every": 1.0,
+                    "warmup": 0.5,
+                    "duration": duration,
+                    "drain": 3,
+                }
+            )
+    say(
+        f"6. slow viewer: 1->4 (+1 that stops reading), {rate}/s of {frame // KiB} KiB, {duration}s, {rounds} rounds ",
+        end="",
+    )
+    results = run_loadgen(jobs, ctx.loadgen_core, 60 + len(jobs) * (duration + 12), progress)
+    say()
+    g = group(results)
+    rows = []
+    p99 = {v: {t: lat_med(g.get((t, v)), "p99_us") for t in TARGETS} for v in ("without", "with")}
+    dps = {v: {t: field_med(g.get((t, v)), "del_per_s") for t in TARGETS} for v in ("without", "with")}
+    case = f"1->4 @{rate}/s {frame // KiB} KiB"
+    rows.append(row("6 slow viewer", case, "others' p99 without slow", "µs", p99["without"]))
+    rows.append(row("6 slow viewer", case, "others' p99 with slow", "µs", p99["with"]))
+    grow = {t: ratio(p99["with"][t], p99["without"][t]) for t in TARGETS}
+    rows.append(
+        row(
+            "6 slow viewer",
+            case,
+            "p99 with/without",
+            "x",
+            grow,
+            "lower",
+            "<=1.2x",
+            check(grow["relay"], "<=", 1.2),
+        )
+    )
+    rows.append(row("6 slow viewer", case, "others' deliveries/s without", "/s", dps["without"], "higher"))
+    rows.append(row("6 slow viewer", case, "others' deliveries/s with", "/s", dps["with"], "higher"))
+    lost = {t: _loss(g.get((t, "with"))) for t in TARGETS}
+    rows.append(
+        row(
+            "6 slow viewer",
+            case,
+            "others' lost frames",
+            "",
+            lost,
+            "lower",
+            "0",
+            check(lost["relay"], "<=", 0),
+        )
+    )
+    outcome: dict[str, Any] = {}
+    for name in TARGETS:
+        rs = g.get((name, "with"))
+        if rs and rs[0].get("ok") and rs[0].get("slow"):
+            outcome[name] = rs[0]["slow"][0]
+    notes = base_notes(ctx, results)
+    for name, o in outcome.items():
+        notes.append(
+            f"slow viewer on {name}: {o.get('outcome')}; skipped {o.get('skipped_by_resync')} frames by resync, "
+            f"{o.get('behind_at_end')} behind 2 s after it resumed"
+        )
+    ok = outcome.get("relay", {}).get("outcome", "")
+    for variant in ("with", "without"):
+        mib = {t: _mib(field_med(g.get((t, variant)), "server_rss_growth")) for t in TARGETS}
+        rows.append(row("6 slow viewer", case, f"server RSS growth {variant} slow", "MiB", mib, "lower"))
+    rows.append(
+        {
+            **row(
+                "6 slow viewer",
+                case,
+                "slow viewer resynced or closed",
+                "",
+                {t: None for t in TARGETS},
+                "info",
+                "yes",
+            ),
+            "text": {t: o.get("outcome") for t, o in outcome.items()},
+            "met": (ok.startswith("closed") or ok.startswith("resynced")) if ok else None,
+        }
+    )
+    return {
+        "title": "6. Slow viewer",
+        "rows": rows,
+        "runs": strip_runs(results),
+        "slow": outcome,
+        "notes": notes,
+    }
+
+
+# --- 7. keyframe join ---------------------------------------------------------------------------
+def join(ctx: Ctx) -> dict[str, Any]:
+    repeats = 3 if ctx.quick else 5
+    jobs = [
+        {
+            **t.spec(),
+            "type": "join",
+            "label": f"{t.name}|join|0",
+            "keyframe": 1 << 20,
+            "deltas": 500,
+            "frame": KiB,
+            "repeats": repeats,
+            "timeout": 20,
+        }
+        for t in ctx.live()
+    ]
+    say(f"7. keyframe join: 1 MiB keyframe + 500 deltas of 1 KiB, {repeats} joins ", end="")
+    results = run_loadgen(jobs, ctx.loadgen_core, 60 + len(jobs) * 60, progress)
+    say()
+    g = group(results)
+    by = {t: g.get((t, "join")) for t in TARGETS}
+    case = "1 MiB + 500 x 1 KiB"
+    rows = [
+        row(
+            "7 keyframe join",
+            case,
+            "time to caught-up",
+            "ms",
+            {t: field_med(by[t], "median_ms") for t in TARGETS},
+        ),
+        row(
+            "7 keyframe join",
+            case,
+            "time to WELCOME/connect",
+            "ms",
+            {t: field_med(by[t], "connect_ms_median") for t in TARGETS},
+        ),
+    ]
+    notes = base_notes(ctx, results)
+    notes.append(
+        "baselines keep no log: their figure is the visitor resending keyframe + deltas once the viewer is connected"
+    )
+    return {"title": "7. Keyframe join", "rows": rows, "runs": strip_runs(results), "notes": notes}
+
+
+SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
+    "saturated": saturated,
+    "paced": paced,
+    "fanout": fanout,
+    "sessions": sessions,
+    "slow": slow,
+    "join": join,
+    "idle": idle,
+}
+QUICK = ("saturated", "paced")
+ALL = ("saturated", "paced", "fanout", "sessions", "slow", "join", "idle")
