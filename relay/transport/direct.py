@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import CloseCode as WsCloseCode
@@ -46,7 +46,15 @@ def _header(n: int) -> bytes:
 
 
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """See the module docstring. Frames written to a link are batched: they
+    are handed to the transport in one ``writelines`` (one ``writev``) at the
+    end of the read that produced them, or on the next loop turn when written
+    from elsewhere. One read often carries dozens of frames; without batching
+    each frame cost each viewer a system call."""
+
     close_timeout = 5.0
+    _dirty: ClassVar[list[RelayWebSocketProtocol]] = []  # links with batched frames (one loop per process)
+    _flush_scheduled: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -59,6 +67,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         )
         self.sink: Callable[[bytes], None] | None = None
         self.on_drain: Callable[[], None] | None = None
+        self._out: list[bytes] = []
 
     # --- handshake: publish the link to the endpoint -------------------------------------
     def handle_connect(self, event: Any) -> None:
@@ -90,6 +99,40 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
 
+    # --- batching -------------------------------------------------------------------------
+    @classmethod
+    def flush_all(cls) -> None:
+        cls._flush_scheduled = False
+        dirty, cls._dirty = cls._dirty, []
+        for link in dirty:
+            link.flush()
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            if not (self.disconnected or self.close_sent or self.transport.is_closing()):
+                self.transport.writelines(out)
+
+    # uvicorn's own closing paths write the close frame themselves: batched
+    # frames go first, and nothing may follow a close frame.
+    def handle_close(self, event: Any) -> None:
+        self.flush()
+        super().handle_close(event)
+
+    def handle_parser_exception(self) -> None:
+        self.flush()
+        super().handle_parser_exception()
+
+    def shutdown(self) -> None:
+        self.flush()
+        super().shutdown()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if RelayWebSocketProtocol._dirty:
+            RelayWebSocketProtocol.flush_all()
+
     # --- receiving ---------------------------------------------------------------------
     def send_receive_event_to_app(self) -> None:
         sink = self.sink
@@ -109,6 +152,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sink = self.on_drain = None
+        self._out = []
         super().connection_lost(exc)
 
     def keepalive_timeout(self) -> None:
@@ -117,6 +161,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.pending_ping_payload = None
         if self.close_sent or self.transport.is_closing():
             return
+        self.flush()
         self.sink = self.on_drain = None
         self.conn.fail(CloseCode.KEEPALIVE_TIMEOUT, "keepalive timeout")
         self.transport.write(b"".join(self.conn.data_to_send()))
@@ -127,7 +172,15 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def write(self, frame: bytes) -> None:
         if self.close_sent or self.disconnected:
             return
-        self.transport.write(_header(len(frame)) + frame)
+        out = self._out
+        if not out:
+            cls = RelayWebSocketProtocol
+            cls._dirty.append(self)
+            if not cls._flush_scheduled:
+                cls._flush_scheduled = True
+                self.loop.call_soon(cls.flush_all)
+        out.append(_header(len(frame)))
+        out.append(frame)
 
     def buffered(self) -> int:
         if self.disconnected:
@@ -137,6 +190,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def close(self, code: int, reason: str = "") -> None:
         if self.close_sent or self.disconnected or self.transport.is_closing():
             return
+        self.flush()
         self.sink = self.on_drain = None
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.conn.send_close(code, reason[:120])

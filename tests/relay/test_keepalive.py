@@ -44,8 +44,10 @@ def test_peer_that_never_answers_pings_is_closed_with_4002(relay_factory: Any) -
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {relay.origin}\r\n\r\n"
         ).encode()
     )
-    sock.sendall(_masked(p.encode(p.Hello(role="visitor", version=1))))
     data = b""
+    while b"\r\n\r\n" not in data:  # like any real client, wait for the 101 before sending
+        data += sock.recv(65536)
+    sock.sendall(_masked(p.encode(p.Hello(role="visitor", version=1))))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # read everything, answer nothing
         chunk = sock.recv(65536)
