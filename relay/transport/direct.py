@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import CloseCode as WsCloseCode
 from websockets.server import ServerProtocol
@@ -67,6 +68,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         )
         self.sink: Callable[[bytes], None] | None = None
         self.on_drain: Callable[[], None] | None = None
+        self.on_lost: Callable[[], None] | None = None
         self._out: list[bytes] = []
 
     # --- handshake: publish the link to the endpoint -------------------------------------
@@ -83,8 +85,16 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def set_max_message(self, size: int) -> None:
         self.conn.max_message_size = size
 
-    def attach(self, sink: Callable[[bytes], None], on_drain: Callable[[], None]) -> None:
-        """Switch to the direct path; messages already queued go to ``sink`` first."""
+    def attach(
+        self, sink: Callable[[bytes], None], on_drain: Callable[[], None], on_lost: Callable[[], None]
+    ) -> None:
+        """Switch to the direct path; messages already queued go to ``sink`` first.
+
+        From here the protocol object owns the connection: the endpoint may
+        return, and ``on_lost`` is called once when the connection ends. An idle
+        socket then costs no ASGI task and no parked coroutine frames.
+        """
+        self.on_lost = on_lost
         pending: list[dict[str, Any]] = []
         while not self.queue.empty():
             pending.append(dict(self.queue.get_nowait()))
@@ -136,8 +146,12 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     # --- receiving ---------------------------------------------------------------------
     def send_receive_event_to_app(self) -> None:
         sink = self.sink
-        if sink is None or self.curr_msg_data_type != "bytes":
+        if sink is None:
             super().send_receive_event_to_app()
+            return
+        if self.curr_msg_data_type != "bytes":
+            self.frames = []
+            self.close(CloseCode.PROTOCOL_ERROR, "wrong_type")  # binary frames only
             return
         frames = self.frames
         data = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -151,9 +165,28 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.on_drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        lost, self.on_lost = self.on_lost, None
         self.sink = self.on_drain = None
         self._out = []
         super().connection_lost(exc)
+        if lost is not None:
+            lost()
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, except that an attached connection outlives the endpoint."""
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+        if self.close_timer is None and self.on_lost is None:
+            self.transport.close()
 
     def keepalive_timeout(self) -> None:
         """No pong within PING_TIMEOUT: close with 4002 (uvicorn's own says 1011)."""
@@ -192,7 +225,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self.flush()
         self.sink = self.on_drain = None
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if self.on_lost is None:  # an endpoint is still waiting on the queue
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.conn.send_close(code, reason[:120])
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True

@@ -88,11 +88,12 @@ async def _serve(ws: WebSocket, role: str) -> None:
     if link.disconnected:
         service.on_disconnect(peer)
         return
-    link.attach(lambda data: service.on_frame(peer, data), lambda: service.hub.drained(peer))
-    try:
-        await _closed(ws, link)
-    finally:
-        service.on_disconnect(peer)
+    # From here the link owns the connection; this coroutine ends.
+    link.attach(
+        lambda data: service.on_frame(peer, data),
+        lambda: service.hub.drained(peer),
+        lambda: service.on_disconnect(peer),
+    )
 
 
 class _Gone(Exception):
@@ -117,11 +118,7 @@ def _refuse(link: RelayWebSocketProtocol, code: str, message: str, close_code: i
     link.close(close_code, code)
 
 
-async def _closed(ws: WebSocket, link: RelayWebSocketProtocol | None = None) -> None:
-    """Wait for the socket to close; a text message closes it (binary only)."""
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if link is not None and message.get("text") is not None:
-            link.close(CloseCode.PROTOCOL_ERROR, "wrong_type")
+async def _closed(ws: WebSocket) -> None:
+    """Wait for a refused socket's closing handshake to finish."""
+    while (await ws.receive())["type"] != "websocket.disconnect":
+        pass
