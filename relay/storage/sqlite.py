@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,11 +102,107 @@ def _like(value: str) -> str:
     return f"%{escaped}%"
 
 
+_VISITOR_UPSERT = (
+    f"INSERT INTO visitors ({_VISITOR_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(short_id) DO UPDATE SET unique_id=excluded.unique_id, identities=excluded.identities, "
+    "tags=excluded.tags, lookup_code=excluded.lookup_code, device_type=excluded.device_type, "
+    "browser=excluded.browser, ip=excluded.ip, last_url=excluded.last_url, "
+    "last_seen=excluded.last_seen, online=excluded.online, in_session=excluded.in_session"
+)
+_SESSION_UPSERT = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)"
+
+
+def _visitor_row(v: Visitor) -> tuple[Any, ...]:
+    return (
+        v.short_id, v.unique_id, orjson.dumps(v.identities).decode(), orjson.dumps(v.tags).decode(),
+        v.lookup_code, v.device_type, v.browser, v.ip, v.last_url, v.first_seen, v.last_seen,
+        int(v.online), int(v.in_session),
+    )  # fmt: skip
+
+
+def _session_row(s: SessionRecord) -> tuple[Any, ...]:
+    return (
+        s.id, s.visitor, orjson.dumps(s.agents).decode(), orjson.dumps(s.observer).decode(), s.started,
+        s.ended, int(s.went_live), orjson.dumps(s.features_used).decode(), orjson.dumps(s.metadata).decode(),
+    )  # fmt: skip
+
+
+class _Batch:
+    """Writes gathered during one loop turn, committed in one transaction."""
+
+    __slots__ = ("done", "nonces", "results", "sessions", "visitors")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.visitors: dict[str, tuple[Any, ...]] = {}  # latest row per key wins
+        self.sessions: dict[str, tuple[Any, ...]] = {}
+        self.nonces: dict[str, float] = {}
+        self.results: dict[str, bool] = {}
+        self.done: asyncio.Future[None] = loop.create_future()
+
+
 class SqliteStore:
+    """Group commit: every write awaits the transaction that holds it (so a
+    completed write is durable, as before), but concurrent writes, and the
+    nonce checks of concurrent admissions, share one transaction and one
+    hand-off to the database thread. Reads see writes still pending."""
+
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._batch: _Batch | None = None  # collecting
+        self._inflight: _Batch | None = None  # being committed
+        self._writer: asyncio.Task[None] | None = None
+
+    # --- group commit ------------------------------------------------------------------
+    def _collecting(self) -> _Batch:
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = _Batch(loop)
+            if self._writer is None:
+                self._writer = loop.create_task(self._write_loop())
+        return self._batch
+
+    async def _write_loop(self) -> None:
+        try:
+            while self._batch is not None:
+                await asyncio.sleep(0)  # let this loop turn add to the batch
+                batch, self._batch = self._batch, None
+                self._inflight = batch
+                try:
+                    await self._run(partial(self._commit, b=batch))
+                except Exception as e:  # every waiter of this batch sees it
+                    batch.done.set_exception(e)
+                else:
+                    batch.done.set_result(None)
+                finally:
+                    self._inflight = None
+        finally:
+            self._writer = None
+
+    @staticmethod
+    def _commit(db: sqlite3.Connection, b: _Batch) -> None:
+        db.execute("BEGIN")
+        try:
+            if b.visitors:
+                db.executemany(_VISITOR_UPSERT, b.visitors.values())
+            if b.sessions:
+                db.executemany(_SESSION_UPSERT, b.sessions.values())
+            if b.nonces:
+                db.execute("DELETE FROM nonces WHERE expires < ?", (time.time(),))
+                for nonce, expires in b.nonces.items():
+                    cur = db.execute("INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?, ?)", (nonce, expires))
+                    b.results[nonce] = cur.rowcount == 1
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def _settled(self) -> None:
+        """Wait until every write made so far is committed (or failed)."""
+        for b in (self._inflight, self._batch):
+            if b is not None:
+                await asyncio.wait([b.done])
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -127,6 +224,10 @@ class SqliteStore:
         await asyncio.get_running_loop().run_in_executor(self._pool, connect)
 
     async def close(self) -> None:
+        await self._settled()
+        if self._writer is not None:
+            await asyncio.wait([self._writer])
+
         def shut() -> None:
             if self._db is not None:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -143,31 +244,26 @@ class SqliteStore:
             return False
 
     async def save_visitor(self, v: Visitor) -> None:
-        row = (
-            v.short_id, v.unique_id, orjson.dumps(v.identities).decode(), orjson.dumps(v.tags).decode(),
-            v.lookup_code, v.device_type, v.browser, v.ip, v.last_url, v.first_seen, v.last_seen,
-            int(v.online), int(v.in_session),
-        )  # fmt: skip
-        sql = (
-            f"INSERT INTO visitors ({_VISITOR_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(short_id) DO UPDATE SET unique_id=excluded.unique_id, identities=excluded.identities, "
-            "tags=excluded.tags, lookup_code=excluded.lookup_code, device_type=excluded.device_type, "
-            "browser=excluded.browser, ip=excluded.ip, last_url=excluded.last_url, "
-            "last_seen=excluded.last_seen, online=excluded.online, in_session=excluded.in_session"
-        )
-        await self._run(lambda db: db.execute(sql, row))
+        batch = self._collecting()
+        batch.visitors[v.short_id] = _visitor_row(v)
+        await asyncio.shield(batch.done)
 
     async def get_visitor(self, short_id: str) -> Visitor | None:
+        for b in (self._batch, self._inflight):
+            if b is not None and short_id in b.visitors:
+                return _visitor(b.visitors[short_id])
         sql = f"SELECT {_VISITOR_COLS} FROM visitors WHERE short_id = ?"
-        row = await self._run(lambda db: db.execute(sql, (short_id,)).fetchone())
-        return None if row is None else _visitor(row)
+        found = await self._run(lambda db: db.execute(sql, (short_id,)).fetchone())
+        return None if found is None else _visitor(found)
 
     async def latest_visitors(self, limit: int) -> list[Visitor]:
+        await self._settled()
         sql = f"SELECT {_VISITOR_COLS} FROM visitors ORDER BY online DESC, last_seen DESC LIMIT ?"
         rows = await self._run(lambda db: db.execute(sql, (limit,)).fetchall())
         return [_visitor(r) for r in rows]
 
     async def search_visitors(self, q: SearchQuery, limit: int) -> list[Visitor]:
+        await self._settled()
         where: list[str] = []
         args: list[Any] = []
         text_cols = ("short_id", "unique_id", "identities", "tags", "lookup_code", "last_url")
@@ -190,26 +286,25 @@ class SqliteStore:
         await self._run(lambda db: db.execute("UPDATE visitors SET online = 0, in_session = 0"))
 
     async def use_nonce(self, nonce: str, expires: float) -> bool:
-        def use(db: sqlite3.Connection) -> bool:
-            db.execute("DELETE FROM nonces WHERE expires < ?", (time.time(),))
-            cur = db.execute("INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?, ?)", (nonce, expires))
-            return cur.rowcount == 1
-
-        return await self._run(use)
+        batch = self._collecting()
+        if nonce in batch.nonces:
+            return False  # a concurrent admission in this batch took it first
+        batch.nonces[nonce] = expires
+        await asyncio.shield(batch.done)
+        return batch.results[nonce]
 
     async def save_session(self, s: SessionRecord) -> None:
-        row = (
-            s.id, s.visitor, orjson.dumps(s.agents).decode(), orjson.dumps(s.observer).decode(), s.started,
-            s.ended, int(s.went_live), orjson.dumps(s.features_used).decode(), orjson.dumps(s.metadata).decode(),
-        )  # fmt: skip
-        sql = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)"
-        await self._run(lambda db: db.execute(sql, row))
+        batch = self._collecting()
+        batch.sessions[s.id] = _session_row(s)
+        await asyncio.shield(batch.done)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
+        await self._settled()
         row = await self._run(lambda db: db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone())
         return None if row is None else _session(row)
 
     async def sessions_for(self, short_id: str, limit: int) -> list[SessionRecord]:
+        await self._settled()
         sql = "SELECT * FROM sessions WHERE visitor = ? ORDER BY started DESC LIMIT ?"
         rows = await self._run(lambda db: db.execute(sql, (short_id, limit)).fetchall())
         return [_session(r) for r in rows]

@@ -116,3 +116,29 @@ def test_ping_answers_true_while_open(open_store: Any) -> None:
         assert await store.ping() is True
 
     open_store(body)
+
+
+def test_concurrent_uses_of_one_nonce_admit_exactly_one(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        exp = time.time() + 60
+        results = await asyncio.gather(*(store.use_nonce("shared", exp) for _ in range(20)))
+        assert sorted(results) == [False] * 19 + [True]
+        later = await asyncio.gather(store.use_nonce("shared", exp), store.use_nonce("fresh", exp))
+        assert later == [False, True]
+
+    open_store(body)
+
+
+def test_concurrent_writes_all_land_and_reads_see_them(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        writes = [store.save_visitor(Visitor(f"C{i:03d}", first_seen=1, last_seen=i)) for i in range(50)]
+        writes += [store.save_session(SessionRecord(f"s{i}", f"C{i:03d}", started=i)) for i in range(50)]
+        pending = asyncio.gather(*writes)
+        await asyncio.sleep(0)
+        got = await store.get_visitor("C007")  # pending or committed, never missing
+        assert got is not None and got.last_seen == 7
+        await pending
+        assert len(await store.latest_visitors(100)) == 50
+        assert [s.id for s in await store.sessions_for("C049", 5)] == ["s49"]
+
+    open_store(body)
