@@ -46,6 +46,21 @@ def _header(n: int) -> bytes:
     return b"\x82\x7f" + n.to_bytes(8, "big")
 
 
+class _NoQueue:
+    """Stands in for uvicorn's per-connection asyncio.Queue once no endpoint reads it."""
+
+    __slots__ = ()
+
+    def put_nowait(self, item: object) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+
+_NO_QUEUE = _NoQueue()
+
+
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     """See the module docstring. Frames written to a link are batched: they
     are handed to the transport in one ``writelines`` (one ``writev``) at the
@@ -85,9 +100,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def set_max_message(self, size: int) -> None:
         self.conn.max_message_size = size
 
-    def attach(
-        self, sink: Callable[[bytes], None], on_drain: Callable[[], None], on_lost: Callable[[], None]
-    ) -> None:
+    def attach(self, sink: Callable[[bytes], None], on_drain: Callable[[], None], on_lost: Callable[[], None]) -> None:
         """Switch to the direct path; messages already queued go to ``sink`` first.
 
         From here the protocol object owns the connection: the endpoint may
@@ -108,6 +121,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused and self.queue.empty():
             self.read_paused = False
             self.transport.resume_reading()
+
+    def release_handshake(self) -> None:
+        """Drop what only the handshake and the endpoint needed (idle sockets are many)."""
+        if self.queue.empty():
+            self.queue = _NO_QUEUE  # type: ignore[assignment]
+        self.scope = {}  # type: ignore[typeddict-item]
+        self.request = self.response = None  # type: ignore[assignment]
 
     # --- batching -------------------------------------------------------------------------
     @classmethod

@@ -94,6 +94,7 @@ async def _serve(ws: WebSocket, role: str) -> None:
         lambda: service.hub.drained(peer),
         lambda: service.on_disconnect(peer),
     )
+    link.release_handshake()
 
 
 class _Gone(Exception):
