@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("picows")
-pytest.importorskip("uvloop")
-
 import protocol
 from bench import loadgen
 from bench.frames import STAMP, FrameTemplate, read_stamp
