@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.settings = settings
     app.state.ready = False
+    app.state.bundles = pages.BundleCache(pages.WEB_DIR / "dist")
     return app
 
 

@@ -39,11 +39,11 @@ from protocol import (
 
 from ..settings import Settings
 from ..storage.base import SearchQuery, SessionRecord, Store, Visitor
-from .errors import NotFound, RelayError, SessionEnded, TokenInvalid, TokenReused
+from .errors import NotFound, SessionEnded, TokenInvalid, TokenReused
 from .grants import Grant, ResumeClaim, Signer
 from .hub import Hub, HubConfig, Link, Peer, Room, SessionState, ViewerSlot
 
-__all__ = ["Service", "ClientInfo", "WatchRequest"]
+__all__ = ["Service", "ClientInfo", "WatchRequest", "new_short_id"]
 
 log = logging.getLogger("relay.service")
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_-]{4,40}$")
@@ -371,6 +371,3 @@ class Service:
             "visitors_online": len(self.visitors),
             **self.counters,
         }
-
-
-__all__ += ["RelayError", "new_short_id"]
