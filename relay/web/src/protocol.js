@@ -271,3 +271,22 @@ export function packEvents(events) {
 export function unpackEvents(data) {
   return eventDecoder.decode(data);
 }
+
+/**
+ * A websocket `onmessage` handler: decodes each binary frame and passes the
+ * message to `onMessage`. Text frames are not part of the protocol and are
+ * ignored; an undecodable frame is reported under `tag` and dropped.
+ */
+export function frameHandler(tag, onMessage) {
+  return (ev) => {
+    if (typeof ev.data === 'string') return;
+    let msg;
+    try {
+      msg = decode(new Uint8Array(ev.data));
+    } catch (e) {
+      console.warn(`[${tag}] bad frame`, e);
+      return;
+    }
+    onMessage(msg);
+  };
+}

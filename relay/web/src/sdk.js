@@ -10,7 +10,7 @@
 // page allows (the relay has already filtered them by the agent's grant).
 import { record } from 'rrweb';
 
-import { KINDS, PROTOCOL_VERSION, LIMITS, encode, decode, packEvents, shouldReconnect } from './protocol.js';
+import { KINDS, PROTOCOL_VERSION, LIMITS, encode, frameHandler, packEvents, shouldReconnect } from './protocol.js';
 import { VisitorUI, UI_CLASS } from './ui.js';
 
 const ME = document.currentScript
@@ -196,17 +196,7 @@ class Sdk {
     ws.onopen = () => {
       this.send('HELLO', { role: 'visitor', version: PROTOCOL_VERSION, client_id: this.shortId() });
     };
-    ws.onmessage = (ev) => {
-      if (typeof ev.data === 'string') return;
-      let msg;
-      try {
-        msg = decode(new Uint8Array(ev.data));
-      } catch (e) {
-        console.warn('[cobrowse] bad frame', e);
-        return;
-      }
-      this.handle(msg);
-    };
+    ws.onmessage = frameHandler('cobrowse', (msg) => this.handle(msg));
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;

@@ -10,7 +10,7 @@
 import { Replayer } from 'rrweb';
 import rrwebCss from 'rrweb/dist/style.css';
 
-import { KINDS, PROTOCOL_VERSION, decode, encode, unpackEvents, shouldReconnect } from './protocol.js';
+import { KINDS, PROTOCOL_VERSION, decode, frameHandler, encode, unpackEvents, shouldReconnect } from './protocol.js';
 
 const $ = (id) => document.getElementById(id);
 const BASE = (document.body.dataset.base || '').replace(/\/$/, '');
@@ -138,17 +138,7 @@ class Viewer {
         resume_seq: this.seq,
       });
     };
-    ws.onmessage = (ev) => {
-      if (typeof ev.data === 'string') return;
-      let msg;
-      try {
-        msg = decode(new Uint8Array(ev.data));
-      } catch (e) {
-        console.warn('[viewer] bad frame', e);
-        return;
-      }
-      this.onFrame(msg);
-    };
+    ws.onmessage = frameHandler('viewer', (msg) => this.onFrame(msg));
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
