@@ -50,7 +50,35 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SLOW_TIMEOUT": ("10", "seconds a peer may stay undrained before it is closed as slow (4001)"),
     "PING_INTERVAL": ("20", "seconds between keepalive pings"),
     "PING_TIMEOUT": ("20", "seconds without a pong before a socket is dead"),
+    "HANDSHAKE_TIMEOUT": (
+        "10",
+        "seconds a connection may take to send its request head, and a websocket its upgrade and HELLO",
+    ),
+    "MAX_REQUEST_HEAD": ("16384", "bytes: largest HTTP request head (request line and headers)"),
+    "MAX_HEADERS": ("64", "most header lines in one HTTP request"),
+    "MAX_BODY": ("1048576", "bytes: largest HTTP request body"),
+    "MIN_RECV_RATE": (
+        "65536",
+        "bytes/s: a websocket message, once begun, must arrive at least this fast (after a 2 s grace)",
+    ),
+    "MAX_INFLIGHT_BYTES": (
+        "67108864",
+        "bytes: relay-wide cap on unfinished inbound messages; past it large messages are refused (4005)",
+    ),
+    "MAX_SOCKETS_PER_IP": ("200", "visitor sockets one client address may hold open"),
+    "NEW_VISITORS_PER_IP": ("120", "new visitor ids one client address may create per minute"),
+    "RATE_CONTROL": ("50", "frames/s per socket of session-class kinds (HELLO, PING, PRESENCE, ...); 4004 past it"),
+    "RATE_CONTENT": ("1000", "frames/s per socket of DOM, pointer, scroll and control kinds; 4004 past it"),
+    "RATE_BYTES": ("16777216", "bytes/s per socket, all kinds; 4004 past it"),
+    "RATE_BURST": ("5", "seconds of the per-socket rates a socket may spend at once"),
+    "REST_RATE": ("600", "REST calls per minute per key (429 past it)"),
+    "TRUSTED_PROXIES": (
+        "unset",
+        "comma-separated proxy addresses whose X-Forwarded-For names the client; * for any",
+    ),
+    "VISITOR_RETENTION_DAYS": ("30", "days a visitor that never had a session is kept after it was last seen"),
     "LOG_LEVEL": ("info", "debug, info, warning or error"),
+    "LOG_FORMAT": ("text", "text or json (one object per line); uvicorn's lines follow it too"),
 }
 
 
@@ -104,6 +132,22 @@ class Settings:
     log_level: str = "info"
     handshake_timeout: float = 10.0
     log_max_bytes: int = 16 * 1024 * 1024  # session log size that asks the visitor for a new keyframe
+    log_format: str = "text"
+    # Limits on what a client can make the relay hold (README "Security").
+    max_request_head: int = 16 * 1024
+    max_headers: int = 64
+    max_body: int = 1024 * 1024
+    min_recv_rate: int = 64 * 1024
+    max_inflight_bytes: int = 64 * 1024 * 1024
+    max_sockets_per_ip: int = 200
+    new_visitors_per_ip: int = 120
+    rate_control: float = 50.0
+    rate_content: float = 1000.0
+    rate_bytes: float = 16.0 * 1024 * 1024
+    rate_burst: float = 5.0
+    rest_rate: int = 600
+    trusted_proxies: tuple[str, ...] = ()
+    visitor_retention_days: float = 30.0
 
     @property
     def limits(self) -> Limits:
@@ -137,6 +181,9 @@ class Settings:
         level = (env.get("LOG_LEVEL", "").strip() or "info").lower()
         if level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"LOG_LEVEL: expected debug, info, warning or error, got {level!r}")
+        log_format = (env.get("LOG_FORMAT", "").strip() or "text").lower()
+        if log_format not in ("text", "json"):
+            raise SettingsError(f"LOG_FORMAT: expected text or json, got {log_format!r}")
         max_frame = _int(env, "MAX_FRAME", 64 * 1024, 1024, 16 * 1024 * 1024)
         max_keyframe = _int(env, "MAX_KEYFRAME", 8 * 1024 * 1024, max_frame, 256 * 1024 * 1024)
         return cls(
@@ -159,6 +206,22 @@ class Settings:
             ping_interval=_float(env, "PING_INTERVAL", 20.0, 0.1, 3600.0),
             ping_timeout=_float(env, "PING_TIMEOUT", 20.0, 0.1, 3600.0),
             log_level=level,
+            log_format=log_format,
+            handshake_timeout=_float(env, "HANDSHAKE_TIMEOUT", 10.0, 0.1, 3600.0),
+            max_request_head=_int(env, "MAX_REQUEST_HEAD", 16 * 1024, 1024, 1024 * 1024),
+            max_headers=_int(env, "MAX_HEADERS", 64, 8, 1000),
+            max_body=_int(env, "MAX_BODY", 1024 * 1024, 1024, 1024 * 1024 * 1024),
+            min_recv_rate=_int(env, "MIN_RECV_RATE", 64 * 1024, 1, 1024 * 1024 * 1024),
+            max_inflight_bytes=_int(env, "MAX_INFLIGHT_BYTES", 64 * 1024 * 1024, max_keyframe, 64 * 1024**3),
+            max_sockets_per_ip=_int(env, "MAX_SOCKETS_PER_IP", 200, 1, 10_000_000),
+            new_visitors_per_ip=_int(env, "NEW_VISITORS_PER_IP", 120, 1, 10_000_000),
+            rate_control=_float(env, "RATE_CONTROL", 50.0, 1.0, 1e9),
+            rate_content=_float(env, "RATE_CONTENT", 1000.0, 1.0, 1e9),
+            rate_bytes=_float(env, "RATE_BYTES", 16.0 * 1024 * 1024, 1024.0, 1e12),
+            rate_burst=_float(env, "RATE_BURST", 5.0, 1.0, 3600.0),
+            rest_rate=_int(env, "REST_RATE", 600, 1, 10_000_000),
+            trusted_proxies=_proxies(env),
+            visitor_retention_days=_float(env, "VISITOR_RETENTION_DAYS", 30.0, 0.0, 36500.0),
         )
 
     @staticmethod
@@ -190,6 +253,22 @@ def _origins(env: Mapping[str, str], base_url: str) -> frozenset[str]:
             raise SettingsError(f"ALLOWED_ORIGINS: {item!r} is not an origin like https://shop.example.com")
         out.add(_origin(item))
     return frozenset(out)
+
+
+def _proxies(env: Mapping[str, str]) -> tuple[str, ...]:
+    import ipaddress
+
+    out: list[str] = []
+    for item in (s.strip() for s in env.get("TRUSTED_PROXIES", "").split(",")):
+        if not item:
+            continue
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise SettingsError(f"TRUSTED_PROXIES: {item!r} is not an IP address or network") from None
+        out.append(item)
+    return tuple(out)
 
 
 def _secret(env: Mapping[str, str], data_dir: Path) -> bytes:
