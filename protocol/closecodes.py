@@ -31,6 +31,7 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4004
     OVERLOADED = 4005
     HANDSHAKE_TIMEOUT = 4006
+    SLOW_MESSAGE = 4007
 
     # 4500-4999: do not retry
     PROTOCOL_ERROR = 4500

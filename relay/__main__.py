@@ -11,6 +11,7 @@ import uvicorn
 from .app import create_app, drain
 from .settings import Settings, SettingsError
 from .transport.direct import RelayWebSocketProtocol
+from .transport.http import RelayHttpProtocol
 
 
 class _Server(uvicorn.Server):
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=RelayHttpProtocol,
         ws=RelayWebSocketProtocol,
         ws_max_size=settings.max_keyframe,
         ws_per_message_deflate=False,

@@ -58,7 +58,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "MAX_HEADERS": ("64", "most header lines in one HTTP request"),
     "MAX_BODY": ("1048576", "bytes: largest HTTP request body"),
     "MIN_RECV_RATE": (
-        "65536",
+        "16384",
         "bytes/s: a websocket message, once begun, must arrive at least this fast (after a 2 s grace)",
     ),
     "MAX_INFLIGHT_BYTES": (
@@ -137,7 +137,7 @@ class Settings:
     max_request_head: int = 16 * 1024
     max_headers: int = 64
     max_body: int = 1024 * 1024
-    min_recv_rate: int = 64 * 1024
+    min_recv_rate: int = 16 * 1024
     max_inflight_bytes: int = 64 * 1024 * 1024
     max_sockets_per_ip: int = 200
     new_visitors_per_ip: int = 120
@@ -211,7 +211,7 @@ class Settings:
             max_request_head=_int(env, "MAX_REQUEST_HEAD", 16 * 1024, 1024, 1024 * 1024),
             max_headers=_int(env, "MAX_HEADERS", 64, 8, 1000),
             max_body=_int(env, "MAX_BODY", 1024 * 1024, 1024, 1024 * 1024 * 1024),
-            min_recv_rate=_int(env, "MIN_RECV_RATE", 64 * 1024, 1, 1024 * 1024 * 1024),
+            min_recv_rate=_int(env, "MIN_RECV_RATE", 16 * 1024, 1, 1024 * 1024 * 1024),
             max_inflight_bytes=_int(env, "MAX_INFLIGHT_BYTES", 64 * 1024 * 1024, max_keyframe, 64 * 1024**3),
             max_sockets_per_ip=_int(env, "MAX_SOCKETS_PER_IP", 200, 1, 10_000_000),
             new_visitors_per_ip=_int(env, "NEW_VISITORS_PER_IP", 120, 1, 10_000_000),

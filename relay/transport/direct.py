@@ -18,9 +18,12 @@ from typing import Any, ClassVar
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import CloseCode as WsCloseCode
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from protocol import CloseCode
+
+from .limits import wire_of
 
 __all__ = ["RelayWebSocketProtocol", "LINK_KEY"]
 
@@ -84,7 +87,17 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.sink: Callable[[bytes], None] | None = None
         self.on_drain: Callable[[], None] | None = None
         self.on_lost: Callable[[], None] | None = None
+        self.release: Callable[[], None] | None = None  # called once when the socket is gone, attached or not
         self._out: list[bytes] = []
+        self._out_bytes = 0
+        self.wire, self.budget = wire_of(self.config)
+        self.deadline = 0.0  # loop time by which the peer must be admitted (set by the HTTP protocol)
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        # The unfinished inbound message: bytes held, when it began, bytes read since.
+        self._pending = 0
+        self._msg_start = 0.0
+        self._msg_read = 0
+        self._rate_timer: asyncio.TimerHandle | None = None
 
     # --- handshake: publish the link to the endpoint -------------------------------------
     def handle_connect(self, event: Any) -> None:
@@ -96,8 +109,26 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         transport.set_write_buffer_limits(high=256 * 1024, low=64 * 1024)
+        deadline = self.deadline or self.loop.time() + self.wire.handshake_timeout
+        self._deadline_timer = self.loop.call_at(deadline, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        """Not admitted by the deadline, whatever it was doing: 4006 after the upgrade, 408 before."""
+        self._deadline_timer = None
+        if self.on_lost is not None or self.disconnected or self.close_sent:
+            return
+        if self.handshake_complete:
+            self.close(CloseCode.HANDSHAKE_TIMEOUT, "handshake timeout")
+            return
+        self.close_sent = self.handshake_complete = True
+        if self.conn.state is State.CONNECTING and not self.conn.eof_sent:
+            self.conn.send_response(self.conn.reject(408, "handshake timeout\n"))
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
+        self.transport.close()
 
     def set_max_message(self, size: int) -> None:
+        """The largest message this socket may send from now on (the hub raises it once a session is live)."""
         self.conn.max_message_size = size
 
     def attach(self, sink: Callable[[bytes], None], on_drain: Callable[[], None], on_lost: Callable[[], None]) -> None:
@@ -108,6 +139,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         socket then costs no ASGI task and no parked coroutine frames.
         """
         self.on_lost = on_lost
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         pending: list[dict[str, Any]] = []
         while not self.queue.empty():
             pending.append(dict(self.queue.get_nowait()))
@@ -141,6 +175,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         out = self._out
         if out:
             self._out = []
+            self._out_bytes = 0
             if not (self.disconnected or self.close_sent or self.transport.is_closing()):
                 self.transport.writelines(out)
 
@@ -151,17 +186,117 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_close(event)
 
     def handle_parser_exception(self) -> None:
+        """websockets failed the connection (too big, bad framing): its close frame is
+        written, then the socket lingers so the peer reads the code, not a reset."""
+        if self.close_sent:
+            return
         self.flush()
-        super().handle_parser_exception()
+        self.sink = self.on_drain = None
+        sent = self.conn.close_sent
+        if self.on_lost is None:
+            code = sent.code if sent is not None else 1006
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._linger()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close with ``code`` and stop reading messages: what is still in flight is discarded."""
+        if self.close_sent or self.disconnected or self.transport.is_closing():
+            return
+        self.flush()
+        self.sink = self.on_drain = None
+        if self.on_lost is None:
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.fail(code, reason[:120])
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._linger()
+
+    def _linger(self) -> None:
+        """Half-close, then read and discard until the peer closes or ``linger`` passes.
+
+        Closing a socket with unread bytes makes the kernel send a reset, which
+        can overtake the close frame: the peer would read 1006 ("retry") where
+        the relay said 4501 ("do not retry")."""
+        self._settle(0)
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(self.wire.linger, self.transport.abort)
 
     def shutdown(self) -> None:
         self.flush()
         super().shutdown()
 
+    def send_500_response(self) -> None:
+        if self.conn.state is not State.CONNECTING or self.conn.eof_sent:
+            return  # a response (a 4xx from the handshake parser) was already sent
+        super().send_500_response()
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+            # websockets refused the request head (too long, too many headers) and
+            # queued its 4xx: uvicorn would never write it.
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = self.handshake_complete = True
+            self.transport.close()
+            return
+        if self._pending or self.frames or self.conn.reader.buffer:
+            self._account(len(data))
         if RelayWebSocketProtocol._dirty:
             RelayWebSocketProtocol.flush_all()
+
+    # --- the memory budget ------------------------------------------------------------
+    def _account(self, n: int) -> None:
+        """Count the bytes held in an unfinished message against the relay-wide budget."""
+        if self.close_sent:
+            self._settle(0)
+            return
+        held = len(self.conn.reader.buffer)
+        if self.frames:
+            held += sum(map(len, self.frames))
+        if not held:
+            self._settle(0)
+            return
+        if not self._pending:
+            self._msg_start = self.loop.time()
+            self._msg_read = 0
+            self._rate_timer = self.loop.call_later(self.wire.recv_grace, self._check_rate)
+        self._msg_read += n
+        self._settle(held)
+        budget = self.budget
+        if held > self.wire.max_frame and budget.inflight > self.wire.max_inflight:
+            budget.refused += 1
+            self.fail(CloseCode.OVERLOADED, "relay busy: inbound budget spent")
+
+    def _settle(self, held: int) -> None:
+        budget = self.budget
+        budget.inflight += held - self._pending
+        budget.peak = max(budget.peak, budget.inflight)
+        self._pending = held
+        if not held and self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+
+    def _check_rate(self) -> None:
+        """A begun message must keep up MIN_RECV_RATE (time we paused reading does not count)."""
+        self._rate_timer = None
+        if not self._pending or self.close_sent or self.disconnected:
+            return
+        now = self.loop.time()
+        if self.read_paused:
+            self._msg_start, self._msg_read = now, 0
+        elif self._msg_read < self.wire.min_recv_rate * (now - self._msg_start - self.wire.recv_grace):
+            self.budget.slow += 1
+            self.fail(CloseCode.SLOW_MESSAGE, "message arrived too slowly")
+            return
+        self._rate_timer = self.loop.call_later(1.0, self._check_rate)
 
     # --- receiving ---------------------------------------------------------------------
     def send_receive_event_to_app(self) -> None:
@@ -186,9 +321,17 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         lost, self.on_lost = self.on_lost, None
+        release, self.release = self.release, None
         self.sink = self.on_drain = None
         self._out = []
+        self._out_bytes = 0
+        self._settle(0)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         super().connection_lost(exc)
+        if release is not None:
+            release()
         if lost is not None:
             lost()
 
@@ -234,11 +377,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.loop.call_soon(cls.flush_all)
         out.append(_header(len(frame)))
         out.append(frame)
+        self._out_bytes += len(frame)
 
     def buffered(self) -> int:
+        """Bytes written and not yet taken by the kernel, batched ones included."""
         if self.disconnected:
             return 0
-        return int(self.transport.get_write_buffer_size())
+        return int(self.transport.get_write_buffer_size()) + self._out_bytes
 
     def close(self, code: int, reason: str = "") -> None:
         if self.close_sent or self.disconnected or self.transport.is_closing():
@@ -247,6 +392,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.sink = self.on_drain = None
         if self.on_lost is None:  # an endpoint is still waiting on the queue
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if self.conn.state is not State.OPEN:
+            # The peer's close frame came in the same read as its last message:
+            # websockets has queued the echo; the closing handshake is done.
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()
+            return
         self.conn.send_close(code, reason[:120])
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
