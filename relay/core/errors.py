@@ -9,6 +9,7 @@
     ├── Forbidden              4507   403
     ├── NotFound               4511   404
     ├── SessionEnded           4508   410
+    ├── RateLimited            4004   429
     └── Unavailable            4000   503
 """
 
@@ -24,6 +25,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "SessionEnded",
+    "RateLimited",
     "Unavailable",
 ]
 
@@ -56,6 +58,10 @@ class NotFound(RelayError):
 
 class SessionEnded(RelayError):
     close_code, status, code = CloseCode.SESSION_ENDED, 410, "session_ended"
+
+
+class RateLimited(RelayError):
+    close_code, status, code = CloseCode.RATE_LIMITED, 429, "rate_limited"
 
 
 class Unavailable(RelayError):

@@ -10,8 +10,19 @@ Backpressure (ARCHITECTURE.md "Backpressure"): a frame goes straight to the
 link while the link's buffer is under ``high``; past it, the outbox holds
 frames. Latest-wins kinds replace their queued predecessor; ordered kinds are
 counted, and past ``max_ordered`` bytes the queue is cleared and the peer is
-marked for a resync from the log, sent when its link drains. The sweeper
-closes a peer whose link has stayed backed up for ``slow_timeout`` (4001).
+marked for a resync from the log. The sweeper closes a peer whose link has
+stayed backed up for ``slow_timeout`` (4001).
+
+Replays (a late joiner, a resume, a resync) never copy the log into a
+socket's buffer: the outbox keeps a cursor (``replay_next``, the next seq to
+send) and :meth:`Room.pump` writes log frames only while the link is under
+``high``, continuing each time it drains. While a cursor is set, live ordered
+frames for that peer are skipped: the log holds them and the cursor reaches
+them. A newer keyframe that truncates the log moves the cursor to it.
+
+The log holds at most ``log_max_bytes`` before the visitor is asked for a new
+keyframe; a visitor that keeps sending deltas past ``log_max_bytes +
+max_keyframe`` without one is closed (4005), so the log stays bounded.
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ from protocol import (
 from protocol.codec import HEADER_SIZE, WIRE_VERSION, Limits
 from protocol.kinds import KindInfo
 
+from .limits import SocketRates
+
 __all__ = ["Link", "Listener", "Outbox", "Peer", "Room", "Hub", "SessionState", "HubConfig"]
 
 log = logging.getLogger("relay.hub")
@@ -66,6 +79,9 @@ class Link(Protocol):
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake with ``code``; idempotent."""
 
+    def set_max_message(self, size: int) -> None:
+        """The largest message the peer may send from now on."""
+
 
 class Listener(Protocol):
     """What the hub reports for persistence. Called synchronously; must not block."""
@@ -73,6 +89,8 @@ class Listener(Protocol):
     def session_changed(self, room: Room) -> None: ...
     def session_ended(self, room: Room, reason: str) -> None: ...
     def message(self, room: Room, peer: Peer, msg: Message) -> None: ...
+    def keyframe_asked(self, room: Room, reason: str) -> None: ...
+    def consent_asked(self, room: Room) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +123,7 @@ class _Held:
 class Outbox:
     """One peer's outbound path: the link, and what is held while it is backed up."""
 
-    __slots__ = ("_latest", "held_ordered", "high", "link", "max_ordered", "needs_resync", "queue")
+    __slots__ = ("_latest", "held_ordered", "high", "link", "max_ordered", "queue", "replay_next")
 
     def __init__(self, link: Link, high: int, max_ordered: int) -> None:
         self.link = link
@@ -114,13 +132,17 @@ class Outbox:
         self.queue: deque[_Held] = deque()
         self._latest: dict[int, _Held] = {}
         self.held_ordered = 0
-        self.needs_resync = False
+        self.replay_next = 0  # 0: not replaying; else the next log seq to send (1: from the keyframe)
+
+    @property
+    def needs_resync(self) -> bool:
+        return self.replay_next != 0
 
     def backed_up(self) -> bool:
         return bool(self.queue) or self.link.buffered() >= self.high
 
     def send(self, frame: bytes, routing: Routing, kind: int) -> None:
-        if not self.queue and not self.needs_resync and self.link.buffered() < self.high:
+        if not self.queue and not self.replay_next and self.link.buffered() < self.high:
             self.link.write(frame)
             return
         if routing is _LATEST:
@@ -131,13 +153,13 @@ class Outbox:
             held = self._latest[kind] = _Held(kind, frame, 0)
             self.queue.append(held)
         elif routing is _ORDERED:
-            if self.needs_resync:
-                return  # the log holds it; the resync will deliver it
+            if self.replay_next:
+                return  # the log holds it; the replay cursor will reach it
             self.queue.append(_Held(kind, frame, len(frame)))
             self.held_ordered += len(frame)
             if self.held_ordered > self.max_ordered:
                 self.clear()
-                self.needs_resync = True
+                self.replay_next = 1  # resynchronise from the keyframe
         else:
             self.queue.append(_Held(kind, frame, 0))
 
@@ -147,7 +169,7 @@ class Outbox:
         self.held_ordered = 0
 
     def drain(self) -> bool:
-        """Move held frames to the link while it has room. True when a resync is due."""
+        """Move held frames to the link while it has room. True when the replay may go on."""
         q = self.queue
         while q and self.link.buffered() < self.high:
             held = q.popleft()
@@ -156,10 +178,7 @@ class Outbox:
             elif self._latest.get(held.kind) is held:
                 del self._latest[held.kind]
             self.link.write(held.frame)
-        if not q and self.needs_resync and self.link.buffered() < self.high:
-            self.needs_resync = False
-            return True
-        return False
+        return not q and self.replay_next != 0 and self.link.buffered() < self.high
 
 
 class Peer:
@@ -171,6 +190,7 @@ class Peer:
         "id",
         "outbox",
         "permissions",
+        "rates",
         "role",
         "room",
         "stalled_since",
@@ -187,6 +207,7 @@ class Peer:
         self.agent_name = ""
         self.warned: set[int] = set()
         self.stalled_since: float | None = None
+        self.rates: SocketRates | None = None
 
     def send(self, msg: Message) -> None:
         info = KIND_INFO[msg.KIND]
@@ -237,6 +258,7 @@ class Room:
         self.observer: dict[str, str] = {}
         self.agents: list[dict[str, str]] = []
         self.went_live = False
+        self.left: set[str] = set()  # viewers that ended their part: their resume tokens are void
 
     # --- session lifecycle -------------------------------------------------------
     def _new_session(self) -> None:
@@ -249,6 +271,7 @@ class Room:
         self.features = set()
         self.agents = []
         self.went_live = False
+        self.left = set()
 
     def _request_visitor(self) -> None:
         if self.visitor is None or self.state is not SessionState.REQUESTED:
@@ -262,6 +285,7 @@ class Room:
                 permissions=tuple(sorted(self.union_permissions())),
             )
         )
+        self.hub.listener.consent_asked(self)
 
     def union_permissions(self) -> frozenset[str]:
         out: frozenset[str] = frozenset()
@@ -273,6 +297,8 @@ class Room:
         if self.state is not SessionState.REQUESTED:
             return
         self.state = SessionState.LIVE
+        if self.visitor is not None:
+            self.visitor.outbox.link.set_max_message(self.hub.config.limits.max_keyframe)
         self.hub.listener.session_changed(self)
         accept = encode(SessionAccept(session=self.session_id))
         for v in self.viewers:
@@ -289,8 +315,10 @@ class Room:
         for v in list(self.viewers):
             v.outbox.send(ended_frame, Routing.SESSION, 0)
             v.close(viewer_code, reason)
-        if self.visitor is not None and viewer_code != CloseCode.DECLINED and reason != "visitor_ended":
-            self.visitor.send(ended)  # the visitor did not end it itself: tell it
+        if self.visitor is not None:
+            if viewer_code != CloseCode.DECLINED and reason != "visitor_ended":
+                self.visitor.send(ended)  # the visitor did not end it itself: tell it
+            self.visitor.outbox.link.set_max_message(self.hub.config.limits.max_frame)
         self.hub.listener.session_ended(self, reason)
         self.viewers.clear()
         self.slots.clear()
@@ -314,6 +342,11 @@ class Room:
             old.close(CloseCode.REPLACED, "replaced by a newer connection")
         if self.state is SessionState.REQUESTED:
             self._request_visitor()
+        elif self.state is SessionState.LIVE:
+            peer.outbox.link.set_max_message(self.hub.config.limits.max_keyframe)
+            if not self.log or self.log_bytes > self.hub.config.log_max_bytes:
+                self.resync_asked = False  # a new socket: ask it, whatever the old one was asked
+                self._ask_keyframe("resume" if not self.log else "log full")
 
     def detach_visitor(self, peer: Peer) -> None:
         if self.visitor is peer:
@@ -364,6 +397,7 @@ class Room:
             slot.left_at = time.monotonic()
             if leaving:
                 del self.slots[peer.id]
+                self.left.add(peer.id)
         if self.state is not None and not self.slots:
             self.end_session("agent_left")
 
@@ -383,16 +417,40 @@ class Room:
 
     # --- replay -------------------------------------------------------------------
     def replay(self, peer: Peer, resume_epoch: int = 0, resume_seq: int = 0) -> None:
-        """Send the log to ``peer``: from after ``resume_seq`` when possible, else whole."""
+        """Send the log to ``peer``: from after ``resume_seq`` when possible, else whole.
+
+        The frames go out through the outbox's cursor as the link drains (see the
+        module docstring); ordered frames held for ``peer`` are dropped first."""
+        ob = peer.outbox
+        ob.queue = deque(h for h in ob.queue if not h.ordered)
+        ob.held_ordered = 0
+        start = 1
+        if self.log and resume_epoch == self.epoch and self.log_first_seq <= resume_seq + 1 <= self.seq + 1:
+            start = resume_seq + 1
+        ob.replay_next = start
+        self.pump(peer)
+
+    def pump(self, peer: Peer) -> None:
+        """Write the replay's next log frames while ``peer``'s link has room."""
+        ob = peer.outbox
+        nxt = ob.replay_next
+        if not nxt or ob.queue:
+            return
         log_ = self.log
-        start = 0
-        if log_ and resume_epoch == self.epoch and self.log_first_seq <= resume_seq + 1 <= self.seq + 1:
-            start = resume_seq + 1 - self.log_first_seq
-        write = peer.outbox.link.write
-        for frame in log_[start:]:
-            write(frame)  # bounded by log_max_bytes; the sweeper watches the link
+        first = self.log_first_seq
+        end = first + len(log_)
+        if nxt < first:
+            nxt = first  # a newer keyframe truncated the log: start from it
+        link, high = ob.link, ob.high
+        while nxt < end and link.buffered() < high:
+            link.write(log_[nxt - first])
+            nxt += 1
+        if nxt < end:
+            ob.replay_next = nxt
+            return
+        ob.replay_next = 0  # caught up: live frames flow again
         for kind, frame in self.latest.items():
-            peer.outbox.send(frame, Routing.LATEST, kind)
+            ob.send(frame, Routing.LATEST, kind)
 
     # --- frames from the visitor (hot path) -----------------------------------------
     def from_visitor(self, peer: Peer, data: bytes) -> None:
@@ -413,9 +471,14 @@ class Room:
                 self.log_bytes = len(frame)
                 self.resync_asked = False
             else:
+                cfg = self.hub.config
+                if self.log_bytes + len(frame) > cfg.log_max_bytes + cfg.limits.max_keyframe:
+                    self.seq -= 1
+                    peer.close(CloseCode.OVERLOADED, "log full: no keyframe was sent")
+                    return
                 self.log.append(frame)
                 self.log_bytes += len(frame)
-                if self.log_bytes > self.hub.config.log_max_bytes:
+                if self.log_bytes > cfg.log_max_bytes:
                     self._ask_keyframe("log full")
             for v in self.viewers:
                 v.outbox.send(frame, _ORDERED, kind)
@@ -436,6 +499,7 @@ class Room:
         if self.visitor is not None and not self.resync_asked:
             self.resync_asked = True
             self.visitor.send(ResyncRequest(reason=reason))
+            self.hub.listener.keyframe_asked(self, reason)
 
     # --- frames from a viewer ----------------------------------------------------------
     def from_viewer(self, peer: Peer, data: bytes) -> None:
@@ -502,7 +566,7 @@ class Hub:
     def drained(self, peer: Peer) -> None:
         """The peer's link buffer fell below its low mark."""
         if peer.outbox.drain():
-            peer.room.replay(peer)
+            peer.room.pump(peer)
 
     def peers(self) -> Iterable[Peer]:
         for room in self.rooms.values():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import (
+    KIND_INFO,
     PROTOCOL_VERSION,
     Bye,
     CloseCode,
@@ -30,6 +31,7 @@ from protocol import (
     Presence,
     ProtocolError,
     ResyncRequest,
+    Routing,
     SessionAccept,
     SessionDecline,
     SessionEnd,
@@ -37,17 +39,23 @@ from protocol import (
     encode,
 )
 
+from ..logs import event
 from ..settings import Settings
 from ..storage.base import SearchQuery, SessionRecord, Store, Visitor
-from .errors import NotFound, SessionEnded, TokenInvalid, TokenReused
+from .errors import NotFound, RateLimited, SessionEnded, TokenInvalid, TokenReused
 from .grants import Grant, ResumeClaim, Signer
 from .hub import Hub, HubConfig, Link, Peer, Room, SessionState, ViewerSlot
+from .limits import AddressLimits, RateConfig, SocketRates
 
 __all__ = ["Service", "ClientInfo", "WatchRequest", "new_short_id"]
 
 log = logging.getLogger("relay.service")
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_-]{4,40}$")
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+# Per kind byte: 1 for session-class kinds (decoded by the relay), counted in their own bucket.
+_SESSION_CLASS = bytes(1 if info is not None and info.routing is Routing.SESSION else 0 for info in KIND_INFO)
 
 
 def new_short_id() -> str:
@@ -111,7 +119,15 @@ class Service:
         self.visitors: dict[str, Visitor] = {}  # online visitors, by short id
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
-        self.counters = {"protocol_errors": 0, "forbidden": 0}
+        self.counters = {"protocol_errors": 0, "forbidden": 0, "rate_limited": 0, "resyncs_refused": 0}
+        self.rates = RateConfig(
+            control=settings.rate_control,
+            content=settings.rate_content,
+            bytes=settings.rate_bytes,
+            burst=settings.rate_burst,
+            min_bytes_burst=2.0 * settings.max_keyframe,
+        )
+        self.addresses = AddressLimits(settings.max_sockets_per_ip, settings.new_visitors_per_ip)
 
     # --- background writes ------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -143,6 +159,9 @@ class Service:
         now = time.time()
         visitor = self.visitors.get(short_id) or await self.store.get_visitor(short_id)
         if visitor is None:
+            if not self.addresses.new_visitor(client.ip, time.monotonic()):
+                event("limit_hit", limit="NEW_VISITORS_PER_IP", ip=client.ip)
+                raise RateLimited("too many new visitors from this address; retry later")
             visitor = Visitor(short_id=short_id, first_seen=now)
         visitor.ip = client.ip
         visitor.browser = browser_name(client.user_agent) or visitor.browser
@@ -153,6 +172,7 @@ class Service:
         visitor.in_session = room.state is not None
         self.visitors[short_id] = visitor
         peer = self.hub.new_peer("visitor", short_id, link, room)
+        peer.rates = SocketRates(self.rates, time.monotonic())
         peer.send(
             Welcome(
                 version=PROTOCOL_VERSION,
@@ -168,18 +188,33 @@ class Service:
         return peer
 
     async def admit_viewer(self, hello: Hello, link: Link) -> Peer:
-        slot, room = await self._viewer_slot(hello.token)
+        slot, room, resumable = await self._viewer_slot(hello.token)
         peer = self.hub.new_peer("viewer", slot.viewer_id, link, room)
+        peer.rates = SocketRates(self.rates, time.monotonic())
         room.admit_viewer(
             slot,
             peer,
             lambda p: p.outbox.link.write(self.welcome_viewer(p, slot)),
-            hello.resume_epoch,
-            hello.resume_seq,
+            hello.resume_epoch if resumable else 0,
+            hello.resume_seq if resumable else 0,
+        )
+        event(
+            "viewer_joined",
+            session=room.session_id,
+            visitor=room.visitor_id,
+            viewer=slot.viewer_id,
+            agent=slot.agent_id,
+            resumed=resumable,
         )
         return peer
 
-    async def _viewer_slot(self, token: str) -> tuple[ViewerSlot, Room]:
+    async def _viewer_slot(self, token: str) -> tuple[ViewerSlot, Room, bool]:
+        """The slot a token seats, its room, and whether the viewer may resume from its seq.
+
+        A resume token is good for its session only, and not for a viewer that
+        left it. Within the resume window the viewer gets its slot back and the
+        frames it missed; past it (its slot expired while other viewers kept the
+        session alive) it is seated again from a fresh keyframe."""
         try:
             grant = self.signer.read_grant(token)
         except TokenInvalid:
@@ -187,9 +222,15 @@ class Service:
             room = self.hub.rooms.get(claim.visitor)
             if room is None or room.session_id != claim.session or room.state is None:
                 raise SessionEnded("the session has ended") from None
+            if claim.viewer in room.left:
+                raise SessionEnded("this viewer left the session") from None
+            slot = room.slots.get(claim.viewer)
+            if slot is not None:
+                return slot, room, True
             return (
                 ViewerSlot(claim.viewer, claim.agent_id, claim.agent_name, frozenset(claim.permissions)),
                 room,
+                False,
             )
         if not await self.store.use_nonce(grant.nonce, grant.expires):
             raise TokenReused("this watch URL was already used")
@@ -198,7 +239,7 @@ class Service:
             room.metadata = dict(grant.metadata)
             room.observer = {"id": grant.observer_id, "name": grant.observer_name} if grant.observer_id else {}
         slot = ViewerSlot(secrets.token_hex(6), grant.agent_id, grant.agent_name, frozenset(grant.permissions))
-        return slot, room
+        return slot, room, False
 
     def welcome_viewer(self, peer: Peer, slot: ViewerSlot) -> bytes:
         """WELCOME for a seated viewer, with a resume token for this session."""
@@ -231,6 +272,14 @@ class Service:
     def on_frame(self, peer: Peer, data: bytes) -> None:
         """Everything a peer sends after the handshake. Never raises."""
         room = peer.room
+        rates = peer.rates
+        if rates is not None:
+            over = rates.admit(len(data) > 1 and _SESSION_CLASS[data[1]] == 1, len(data), time.monotonic())
+            if over is not None:
+                self.counters["rate_limited"] += 1
+                event("limit_hit", limit=over, role=peer.role, peer=peer.id, session=room.session_id)
+                peer.close(CloseCode.RATE_LIMITED, f"rate limit: {over}")
+                return
         try:
             if peer.role == "visitor":
                 room.from_visitor(peer, data)
@@ -272,8 +321,10 @@ class Service:
                 room.detach_viewer(peer, leaving=True)
                 peer.close(CloseCode.NORMAL, "left")
             case ResyncRequest() if peer.role == "viewer":
-                peer.outbox.clear()
-                room.replay(peer)
+                if peer.outbox.replay_next or (peer.rates is not None and not peer.rates.resync(time.monotonic())):
+                    self.counters["resyncs_refused"] += 1  # one replay at a time, a few per second
+                else:
+                    room.replay(peer)
             case PermissionsUpdate() if peer.role == "visitor":
                 room.set_visitor_allow(msg.permissions)
             case Ping():
@@ -313,13 +364,22 @@ class Service:
             metadata=dict(room.metadata),
         )
 
+    def consent_asked(self, room: Room) -> None:
+        event("consent_asked", session=room.session_id, visitor=room.visitor_id)
+
+    def keyframe_asked(self, room: Room, reason: str) -> None:
+        event("keyframe_asked", session=room.session_id, visitor=room.visitor_id, reason=reason)
+
     def session_changed(self, room: Room) -> None:
+        if room.state is SessionState.LIVE and not room.went_live:
+            event("session_live", session=room.session_id, visitor=room.visitor_id)
         if room.state is SessionState.LIVE:
             room.went_live = True
         self._set_in_session(room.visitor_id, True)
         self._spawn(self.store.save_session(self._record(room)))
 
     def session_ended(self, room: Room, reason: str) -> None:
+        event("session_ended", session=room.session_id, visitor=room.visitor_id, reason=reason)
         self._set_in_session(room.visitor_id, False)
         self._spawn(self.store.save_session(self._record(room, ended=time.time())))
         room.went_live = False
@@ -360,6 +420,7 @@ class Service:
             metadata=req.metadata or {},
         )
         token = self.signer.grant(grant)
+        event("watch_url_issued", visitor=req.visitor, agent=req.agent_id)
         return f"{self.settings.base_url}/screen?id={req.visitor}&token={token}"
 
     def stats(self) -> dict[str, int]:

@@ -17,6 +17,7 @@ from protocol import PROTOCOL_VERSION, CloseCode, Error, Hello, ProtocolError, d
 
 from ..core.errors import RelayError
 from ..core.service import ClientInfo, Service
+from ..logs import event
 from .direct import LINK_KEY, RelayWebSocketProtocol
 
 __all__ = ["visitor_endpoint", "viewer_endpoint", "device_endpoint"]
@@ -44,14 +45,25 @@ async def _serve(ws: WebSocket, role: str) -> None:
         await ws.send_denial_response(PlainTextResponse("draining", status_code=503))
         return
     if role == "visitor" and not settings.origin_allowed(origin):
-        log.info("visitor socket refused for origin %r", origin)
+        event("origin_refused", origin=origin or "")
         await ws.send_denial_response(PlainTextResponse("origin not allowed", status_code=403))
         return
     link = ws.scope.get("extensions", {}).get(LINK_KEY)
     if not isinstance(link, RelayWebSocketProtocol):
         await ws.send_denial_response(PlainTextResponse("unsupported server", status_code=500))
         return
-    link.set_max_message(settings.max_keyframe if role == "visitor" else settings.max_frame)
+    # Keyframe-sized messages only once a session is live (the hub raises it).
+    link.set_max_message(settings.max_frame)
+    ip = ws.client.host if ws.client else ""
+    if role == "visitor":
+        addresses = service.addresses
+        if not addresses.open_socket(ip):
+            event("limit_hit", limit="MAX_SOCKETS_PER_IP", ip=ip)
+            await ws.accept()
+            _refuse(link, "rate_limited", "too many sockets from this address", CloseCode.RATE_LIMITED)
+            await _closed(ws)
+            return
+        link.release = lambda: addresses.close_socket(ip)
     await ws.accept()
     try:
         hello = await asyncio.wait_for(_hello(ws, service), settings.handshake_timeout)
@@ -71,7 +83,7 @@ async def _serve(ws: WebSocket, role: str) -> None:
         await _closed(ws)
         return
     client = ClientInfo(
-        ip=ws.client.host if ws.client else "",
+        ip=ip,
         user_agent=ws.headers.get("user-agent", ""),
         origin=origin or "",
     )

@@ -1,0 +1,130 @@
+"""Rate and connection limits: token buckets, per socket and per client address.
+
+Pure bookkeeping: callers pass the time (``time.monotonic()``), nothing here
+awaits or closes anything. What a breach costs is decided by the caller (the
+service closes the socket with 4004 ``RATE_LIMITED``).
+
+Per socket, frames are counted in two classes, because their costs differ by
+two orders of magnitude: *session* kinds (HELLO, PING, PRESENCE, session and
+resync requests) are decoded and may touch the store; *content* kinds (DOM,
+pointer, scroll, control) are forwarded on their header alone. Bytes are
+counted for every kind. A bucket holds ``rate * burst`` tokens, so a client
+may spend a few seconds' worth at once (a big first snapshot) but not keep it
+up.
+
+Per address: visitor sockets open at once, and new visitor ids per minute
+(each is a stored row). Addresses whose buckets are full again are
+forgotten by :meth:`AddressLimits.prune`, so the tables stay as small as the
+set of recently active clients. In cluster mode these counts are per node
+(a shared store for them comes with the cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TokenBucket", "SocketRates", "RateConfig", "AddressLimits"]
+
+
+class TokenBucket:
+    """``rate`` tokens per second, holding at most ``capacity``; starts full."""
+
+    __slots__ = ("capacity", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate, self.capacity = rate, capacity
+        self.tokens, self.last = capacity, now
+
+    def take(self, n: float, now: float) -> bool:
+        """Spend ``n`` tokens if there are that many; False (and nothing spent) otherwise."""
+        tokens = self.tokens + (now - self.last) * self.rate
+        self.last = now
+        if tokens > self.capacity:
+            tokens = self.capacity
+        if tokens < n:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - n
+        return True
+
+    def full(self, now: float) -> bool:
+        return self.tokens + (now - self.last) * self.rate >= self.capacity
+
+
+@dataclass(frozen=True, slots=True)
+class RateConfig:
+    control: float = 50.0  # session-class frames per second
+    content: float = 1000.0  # content frames per second
+    bytes: float = 16.0 * 1024 * 1024  # bytes per second, all kinds
+    burst: float = 5.0  # seconds of each rate held in the bucket
+    min_bytes_burst: float = 0.0  # the byte bucket holds at least this (one keyframe)
+    resync: float = 0.5  # RESYNC_REQUESTs per second a viewer may make
+    resync_burst: float = 3.0
+
+
+class SocketRates:
+    """The buckets of one socket. :meth:`admit` answers None or what was exceeded."""
+
+    __slots__ = ("_bytes", "_content", "_control", "_resync")
+
+    def __init__(self, cfg: RateConfig, now: float) -> None:
+        b = cfg.burst
+        self._control = TokenBucket(cfg.control, cfg.control * b, now)
+        self._content = TokenBucket(cfg.content, cfg.content * b, now)
+        self._bytes = TokenBucket(cfg.bytes, max(cfg.bytes * b, cfg.min_bytes_burst), now)
+        self._resync = TokenBucket(cfg.resync, cfg.resync_burst, now)
+
+    def admit(self, session_class: bool, size: int, now: float) -> str | None:
+        frames = self._control if session_class else self._content
+        if not frames.take(1.0, now):
+            return "session frames per second" if session_class else "frames per second"
+        if not self._bytes.take(size, now):
+            return "bytes per second"
+        return None
+
+    def resync(self, now: float) -> bool:
+        return self._resync.take(1.0, now)
+
+
+class AddressLimits:
+    """Visitor sockets open per address, and new visitors per address per minute."""
+
+    def __init__(self, max_sockets: int, new_per_minute: int) -> None:
+        self.max_sockets = max_sockets
+        self.new_per_minute = new_per_minute
+        self.sockets: dict[str, int] = {}
+        self._new: dict[str, TokenBucket] = {}
+        self.refused_sockets = 0
+        self.refused_new = 0
+
+    def open_socket(self, address: str) -> bool:
+        """Count one more socket for ``address``; False (not counted) past the limit."""
+        n = self.sockets.get(address, 0)
+        if n >= self.max_sockets:
+            self.refused_sockets += 1
+            return False
+        self.sockets[address] = n + 1
+        return True
+
+    def close_socket(self, address: str) -> None:
+        n = self.sockets.get(address, 0) - 1
+        if n > 0:
+            self.sockets[address] = n
+        else:
+            self.sockets.pop(address, None)
+
+    def new_visitor(self, address: str, now: float) -> bool:
+        """May ``address`` create one more visitor id now?"""
+        bucket = self._new.get(address)
+        if bucket is None:
+            cap = float(self.new_per_minute)
+            bucket = self._new[address] = TokenBucket(cap / 60.0, cap, now)
+        if bucket.take(1.0, now):
+            return True
+        self.refused_new += 1
+        return False
+
+    def prune(self, now: float) -> None:
+        """Forget addresses whose new-visitor bucket is full again."""
+        for address in [a for a, b in self._new.items() if b.full(now)]:
+            del self._new[address]
