@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from protocol import CloseCode
 
 from .api import onprem, pages
-from .api._http import JSON, ApiError, error
+from .api._http import JSON, ApiError, api_http_error
 from .core.service import Service
 from .settings import Settings
 from .storage import open_storage
@@ -49,6 +49,7 @@ def _routes() -> list[BaseRoute]:
     return [
         Route("/health", health, methods=["GET", "HEAD"]),
         Route("/stats", stats, methods=["GET"]),
+        Route("/api", onprem.index, methods=["GET", "HEAD"]),
         Mount("/api", routes=onprem.routes),
         WebSocketRoute("/ws/visitor", visitor_endpoint),
         WebSocketRoute("/ws/viewer", viewer_endpoint),
@@ -58,18 +59,20 @@ def _routes() -> list[BaseRoute]:
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
+    """An :class:`ApiError` raised by an API handler: its JSON error shape."""
     assert isinstance(exc, ApiError)
     return exc.response()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 4xx (no route, wrong method): in the API's JSON error shape
+    under /api, one plain line elsewhere."""
     assert isinstance(exc, HTTPException)
     path = request.url.path
     base = request.app.state.settings.base_path
     if path.startswith(base + "/api/") or path == base + "/api":
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        return error(exc.status_code, code)
-    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code)
+        return api_http_error(request, exc.status_code, dict(exc.headers or {}))
+    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=exc.headers)
 
 
 async def _sweeper(service: Service) -> None:

@@ -1,8 +1,15 @@
-"""Shared HTTP helpers: JSON responses, the seed's error shape, REST key auth."""
+"""Shared HTTP helpers: JSON responses, the API's error shape, REST key auth and rate.
+
+Every error under ``/api`` is ``{"status": "error", "error": code, "message": ...}``
+(plus ``field`` where one field is at fault) with a 4xx status.
+"""
 
 from __future__ import annotations
 
 import hmac
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -11,7 +18,29 @@ from starlette.responses import Response
 
 from ..core.service import Service
 
-__all__ = ["JSON", "error", "ok", "service_of", "check_rest_key", "ApiError", "read_json"]
+__all__ = [
+    "JSON",
+    "ApiError",
+    "RestLimiter",
+    "api_http_error",
+    "check_api_enabled",
+    "check_rest_key",
+    "error",
+    "ok",
+    "read_json",
+    "service_of",
+]
+
+# What a code means, for errors raised without a message of their own.
+_MESSAGES = {
+    "api_not_enabled": "the REST API is off: start the relay with REST_KEY set",
+    "invalid_api_key": "missing or wrong Authorization header: send the REST_KEY the relay was started with",
+    "not_found": "not found",
+    "method_not_allowed": "method not allowed",
+    "rate_limited": "too many calls with this key",
+    "request_too_large": "the request body is too large",
+    "bad_request": "bad request",
+}
 
 
 class JSON(Response):
@@ -22,22 +51,28 @@ class JSON(Response):
 
 
 class ApiError(Exception):
-    """A 4xx in the Upscope error shape: ``{"status": "error", "error": code, ...}``."""
+    """A 4xx in the API's error shape: ``{"status": "error", "error": code, "message": ...}``.
 
-    def __init__(self, status: int, code: str, message: str = "", **extra: Any) -> None:
-        super().__init__(message or code)
+    ``message`` defaults to a sentence for the code, so no error goes out without one;
+    ``extra`` fields (``field``...) are added to the body, ``headers`` to the response.
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str = "", headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        message = message or _MESSAGES.get(code, code.replace("_", " "))
+        super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.headers = headers or {}
 
     def response(self) -> JSON:
-        body: dict[str, Any] = {"status": "error", "error": self.code}
-        if self.message:
-            body["message"] = self.message
+        body: dict[str, Any] = {"status": "error", "error": self.code, "message": self.message}
         body.update(self.extra)
-        return JSON(body, status_code=self.status)
+        return JSON(body, status_code=self.status, headers=self.headers)
 
 
-def error(status: int, code: str, message: str = "", **extra: Any) -> JSON:
-    return ApiError(status, code, message, **extra).response()
+def error(status: int, code: str, message: str = "", headers: dict[str, str] | None = None, **extra: Any) -> JSON:
+    return ApiError(status, code, message, headers, **extra).response()
 
 
 def ok(**fields: Any) -> JSON:
@@ -49,20 +84,86 @@ def service_of(request: Request) -> Service:
     return service
 
 
-def check_rest_key(request: Request) -> None:
-    """The REST API exists only with REST_KEY set; then every call must carry it."""
+class RestLimiter:
+    """Token buckets, one per REST key: ``per_minute`` calls a minute, refilled
+    continuously (``per_minute / 60`` a second), bursts of up to ``per_minute``."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._capacity = float(per_minute)
+        self._refill = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    def take(self, key: str) -> float:
+        """Spend one call of ``key``: 0.0 when allowed, else the seconds until one would be."""
+        now = self._clock()
+        tokens, when = self._buckets.get(key, (self._capacity, now))
+        tokens = min(self._capacity, tokens + (now - when) * self._refill)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self._refill
+
+
+def _limiter(request: Request) -> RestLimiter:
+    """The app's limiter, made on first use (REST_RATE is fixed for the process)."""
+    state = request.app.state
+    limiter: RestLimiter | None = getattr(state, "rest_limiter", None)
+    if limiter is None:
+        limiter = state.rest_limiter = RestLimiter(service_of(request).settings.rest_rate)
+    return limiter
+
+
+def check_api_enabled(request: Request) -> str:
+    """The REST key; 404 ``api_not_enabled`` when REST_KEY is unset."""
     key = service_of(request).settings.rest_key
     if key is None:
-        raise ApiError(404, "api_not_enabled", "set REST_KEY to enable the REST API")
+        raise ApiError(404, "api_not_enabled")
+    return key
+
+
+def check_rest_key(request: Request) -> None:
+    """The REST API exists only with REST_KEY set; then every call must carry it
+    (401, compared in constant time) and stay within REST_RATE calls a minute
+    (429 ``rate_limited`` with Retry-After)."""
+    key = check_api_enabled(request)
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), key.encode()):
         raise ApiError(401, "invalid_api_key")
+    wait = _limiter(request).take(key)
+    if wait > 0.0:
+        retry = max(1, math.ceil(wait))
+        rate = service_of(request).settings.rest_rate
+        message = f"over REST_RATE ({rate} calls a minute for this key): retry in {retry} s"
+        raise ApiError(429, "rate_limited", message, headers={"Retry-After": str(retry)})
+
+
+def api_http_error(request: Request, status: int, headers: dict[str, str] | None = None) -> JSON:
+    """Starlette's own errors (no route, wrong method...) under /api, in the API's shape."""
+    if service_of(request).settings.rest_key is None:
+        return error(404, "api_not_enabled")
+    path = request.url.path
+    if status == 404:
+        return error(404, "not_found", f"no API endpoint at {path}; the API is under /api/visitors/")
+    if status == 405:
+        allow = (headers or {}).get("Allow") or (headers or {}).get("allow", "")
+        message = f"{request.method} is not allowed on {path}" + (f"; use {allow}" if allow else "")
+        return error(405, "method_not_allowed", message, headers={"Allow": allow} if allow else None)
+    code = {400: "bad_request", 413: "request_too_large", 429: "rate_limited"}.get(status, "bad_request")
+    return error(status, code)
 
 
 async def read_json(request: Request, limit: int = 64 * 1024) -> Any:
+    """The body as JSON (``{}`` when empty); 413 over ``limit`` bytes, 400 when not JSON."""
+    too_large = ApiError(413, "request_too_large", f"the body is over {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
     body = await request.body()
     if len(body) > limit:
-        raise ApiError(413, "request_too_large", f"body over {limit} bytes")
+        raise too_large
     if not body.strip():
         return {}
     try:

@@ -1,7 +1,8 @@
 """The on-premise REST API (seed 000): ``{BASE}/api/visitors/...``.
 
-Off (404) unless ``REST_KEY`` is set; ``Authorization: <REST_KEY>`` on every
-call. Errors: ``{"status": "error", "error": <code>}`` with a 4xx status.
+Off (404 ``api_not_enabled``) unless ``REST_KEY`` is set; ``Authorization:
+<REST_KEY>`` on every call, at most ``REST_RATE`` calls a minute. Errors:
+``{"status": "error", "error": <code>, "message": ...}`` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ from protocol import PERMISSION_FLAGS
 from ..core.errors import NotFound
 from ..core.service import WatchRequest
 from ..storage.base import SessionRecord, Visitor, parse_search
-from ._http import JSON, ApiError, check_rest_key, ok, read_json, service_of
+from ._http import JSON, ApiError, check_api_enabled, check_rest_key, ok, read_json, service_of
 
-__all__ = ["routes", "visitor_json", "session_json", "parse_watch_request"]
+__all__ = ["routes", "index", "visitor_json", "session_json", "parse_watch_request"]
+
+_ENDPOINTS = (
+    "GET /api/visitors/list/latest, GET /api/visitors/list/search?search=, "
+    "GET /api/visitors/{id}, POST /api/visitors/{id}/watch_url"
+)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -75,6 +81,12 @@ def _formatted(seconds: int) -> str:
     return f"{minutes} minute{'s' * (minutes != 1)}"
 
 
+async def index(request: Request) -> JSON:
+    """``GET /api``: nothing lives here; a 404 in the error shape naming the endpoints."""
+    check_api_enabled(request)
+    raise ApiError(404, "not_found", f"no endpoint at /api itself; the API is {_ENDPOINTS}")
+
+
 async def latest(request: Request) -> JSON:
     check_rest_key(request)
     visitors = await service_of(request).latest_visitors()
@@ -86,8 +98,15 @@ async def search(request: Request) -> JSON:
     service = service_of(request)
     query = request.query_params.get("search", "").strip()
     if len(query) > 512:
-        raise ApiError(400, "invalid_search", "search is over 512 characters")
-    visitors = await (service.search_visitors(parse_search(query)) if query else service.latest_visitors())
+        raise ApiError(400, "invalid_search", "search is over 512 characters", field="search")
+    if not query:
+        visitors = await service.latest_visitors()
+    else:
+        try:
+            parsed = parse_search(query)
+        except ValueError as e:
+            raise ApiError(400, "invalid_search", str(e), field="search") from None
+        visitors = await service.search_visitors(parsed)
     return ok(visitors=[visitor_json(v) for v in visitors])
 
 

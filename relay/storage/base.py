@@ -76,19 +76,34 @@ class SearchQuery:
 
 
 def parse_search(q: str) -> SearchQuery:
-    """Parse the documented search syntax; unknown ``x:y`` is free text."""
+    """Parse the documented search syntax (README, "Search").
+
+    A term is free text unless it reads ``name:value`` with ``name`` a word
+    (letters and ``_``): then ``name`` must be one of :data:`SEARCH_FIELDS` or
+    ``online`` (``true``/``false``/``yes``/``no``/``1``/``0``) and ``value``
+    must not be empty. Anything else raises :class:`ValueError` whose message
+    names the term. A bare URL (``https://...``) stays free text. At most 20
+    terms are read.
+    """
     text: list[str] = []
     fields_: list[tuple[str, str]] = []
     online: bool | None = None
     for term in q.split()[:20]:
         name, colon, value = term.partition(":")
         key = name.lower()
-        if colon and value and key == "online" and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            online = value.lower() in ("true", "yes", "1")
-        elif colon and value and key in SEARCH_FIELDS:
-            fields_.append((SEARCH_FIELDS[key], value))
-        else:
+        if not colon or not name.replace("_", "a").isalpha() or value.startswith("//"):
             text.append(term)
+        elif key == "online":
+            if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError(f"{term!r}: online: takes true or false")
+            online = value.lower() in ("true", "yes", "1")
+        elif key not in SEARCH_FIELDS:
+            known = ", ".join(f"{k}:" for k in (*SEARCH_FIELDS, "online"))
+            raise ValueError(f"{term!r}: unknown field {name!r}; known fields are {known}")
+        elif not value:
+            raise ValueError(f"{term!r}: {key}: needs a value")
+        else:
+            fields_.append((SEARCH_FIELDS[key], value))
     return SearchQuery(tuple(text), tuple(fields_), online)
 
 
