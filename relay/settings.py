@@ -155,13 +155,17 @@ class Settings:
 
     def origin_allowed(self, origin: str | None) -> bool:
         """May a page of ``origin`` open a visitor socket? The relay's own pages (the
-        demo) always may; other sites when listed in ALLOWED_ORIGINS, or with ``*``."""
+        demo) always may, and with a loopback HOST under any loopback name
+        (``http://localhost:PORT`` and ``http://127.0.0.1:PORT`` alike); other sites
+        when listed in ALLOWED_ORIGINS, or with ``*``."""
         if "*" in self.allowed_origins:
             return True
         if origin is None:
             return False
         origin = origin.lower()
-        return origin in self.allowed_origins or origin == _origin(self.base_url)
+        if origin in self.allowed_origins or origin == _origin(self.base_url):
+            return True
+        return self.host.lower() in _LOOPBACK and origin in _loopback_origins(self.port)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -237,7 +241,15 @@ class Settings:
         return f"{parts.scheme}://{parts.netloc}{path}", path
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _loopback_origins(port: int) -> frozenset[str]:
+    return frozenset(f"http://{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]"))
+
+
 def _origins(env: Mapping[str, str], base_url: str) -> frozenset[str]:
+    """ALLOWED_ORIGINS as lower-case origins; unset: BASE_ENDPOINT's origin alone."""
     raw = env.get("ALLOWED_ORIGINS", "").strip()
     if not raw:
         return frozenset({_origin(base_url)})
@@ -272,6 +284,13 @@ def _proxies(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def _secret(env: Mapping[str, str], data_dir: Path) -> bytes:
+    """SECRET_KEY, or the generated key kept in ``DATA_DIR/secret_key``.
+
+    A generated key is written to a private temporary file (0600 from its
+    creation) and linked into place, so it is never readable by others nor seen
+    half-written; of two relays starting at once on one DATA_DIR, the first
+    link wins and both use its key. DATA_DIR is created 0700.
+    """
     raw = env.get("SECRET_KEY", "")
     if raw:
         if len(raw) < 16:
@@ -279,17 +298,46 @@ def _secret(env: Mapping[str, str], data_dir: Path) -> bytes:
         return raw.encode()
     path = data_dir / "secret_key"
     try:
-        if path.exists():
-            kept = path.read_text().strip()
-            if len(kept) >= 16:
-                return kept.encode()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        kept = _read_secret(path)
+        if kept is not None:
+            return kept
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fresh = secrets.token_urlsafe(32)
-        path.write_text(fresh + "\n")
-        path.chmod(0o600)
+        kept = _keep_secret(path, fresh)
     except OSError as e:
         raise SettingsError(f"DATA_DIR: cannot keep the generated secret in {path}: {e.strerror}") from None
-    log.warning("SECRET_KEY is unset: using a generated key kept in %s", path)
+    if kept == fresh.encode():
+        log.warning("SECRET_KEY is unset: using a generated key kept in %s", path)
+    return kept
+
+
+def _read_secret(path: Path) -> bytes | None:
+    """The kept key, or None when there is none (or it is too short to use)."""
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return kept.encode() if len(kept) >= 16 else None
+
+
+def _keep_secret(path: Path, fresh: str) -> bytes:
+    """Write ``fresh`` beside ``path`` with mode 0600, then put it in place; the key now kept."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(fresh + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if another relay kept its key first
+        except FileExistsError:
+            kept = _read_secret(path)
+            if kept is not None:
+                return kept
+            os.replace(tmp, path)  # a stale, unusable file: ours replaces it
+    finally:
+        tmp.unlink(missing_ok=True)
     return fresh.encode()
 
 

@@ -9,6 +9,8 @@ transactions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -127,6 +129,18 @@ def _session_row(s: SessionRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path``'s directory (0700) and an empty database file (0600) if absent.
+
+    SQLite would create the file 0644 less the umask; made here first, it is
+    private from its first byte, and SQLite gives the -wal and -shm files the
+    database file's own mode.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class _Batch:
     """Writes gathered during one loop turn, committed in one transaction."""
 
@@ -213,7 +227,7 @@ class SqliteStore:
 
     async def open(self) -> None:
         def connect() -> None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self._path)
             db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
