@@ -50,8 +50,18 @@ typecheck: install
 unit: install
 	$(PY) -m pytest -q
 
+# Every Python process of the run (pytest and each relay it starts) writes its own
+# coverage data (coverage's .pth reads COVERAGE_PROCESS_START); they are combined
+# into one report at the end (data under build/, ignored). The exit status is the tests'.
+COVERAGE_DATA := $(CURDIR)/build/coverage
+COVERAGE_ENV := COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml COVERAGE_FILE=$(COVERAGE_DATA)/.coverage
+
 test: install web lint typecheck
-	$(PY) -m pytest -q
+	@rm -rf $(COVERAGE_DATA) && mkdir -p $(COVERAGE_DATA)
+	@status=0; $(COVERAGE_ENV) $(PY) -m pytest -q || status=$$?; \
+	export $(COVERAGE_ENV); $(PY) -m coverage combine -q && $(PY) -m coverage report \
+		|| { [ $$status -ne 0 ] || status=1; }; \
+	exit $$status
 
 bench: install web
 	$(PY) -m pip install -q -e '.[test,bench]'
@@ -65,4 +75,4 @@ bench-table: install
 	$(PY) -m bench table
 
 clean:
-	rm -rf $(VENV) $(WEB)/node_modules $(WEB)/dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(WEB)/node_modules $(WEB)/dist .mypy_cache .ruff_cache .pytest_cache build/coverage

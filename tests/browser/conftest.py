@@ -31,6 +31,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from ..conftest import in_ci
+
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "relay" / "web"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -58,7 +60,7 @@ pytestmark = pytest.mark.browser
 
 def unavailable(reason: str) -> None:
     """Skip locally; fail under CI, where every browser test must run."""
-    if os.environ.get("CI") == "true":
+    if in_ci():
         pytest.fail(f"browser tests cannot run: {reason}")
     pytest.skip(reason)
 

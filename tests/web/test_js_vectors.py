@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import in_ci
+
 WEB = Path(__file__).resolve().parents[2] / "relay" / "web"
 
 
 def _need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"{tool} is not installed; CI must run the JS codec tests")
         pytest.skip(f"{tool} is not installed")
     return path
