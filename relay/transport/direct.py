@@ -11,6 +11,7 @@ for the ASGI path. The object is the hub's :class:`~relay.core.hub.Link`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, ClassVar

@@ -122,6 +122,7 @@ class RelayHttpProtocol(HttpToolsProtocol):
         if self._refusal is not None:
             return  # no app runs for a refused request
         if self.parser.should_upgrade() and self._should_upgrade():
+            super().on_headers_complete()  # sets the method; starts nothing for an upgrade
             return  # the websocket keeps the head's deadline
         length = self._content_length()
         if length > self.wire.max_body:
@@ -196,7 +197,7 @@ class RelayHttpProtocol(HttpToolsProtocol):
         for name, value in self.scope["headers"]:
             output += [name, b": ", value, b"\r\n"]
         output.append(b"\r\n")
-        cls = self.config.ws_protocol_class
+        cls: Any = self.config.ws_protocol_class
         protocol = cls(config=self.config, server_state=self.server_state, app_state=self.app_state)
         if isinstance(protocol, RelayWebSocketProtocol):
             protocol.deadline = self._deadline or self.loop.time() + self.wire.handshake_timeout

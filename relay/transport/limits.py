@@ -63,4 +63,4 @@ def wire_of(config: Any) -> tuple[WireLimits, Budget]:
             budget = state.wire_budget = Budget()
         cached = (WireLimits.from_settings(state.settings), budget)
         config._cobrowse_wire = cached
-    return cached  # type: ignore[no-any-return]
+    return cached
