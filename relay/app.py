@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -21,7 +22,9 @@ from protocol import CloseCode
 
 from .api import onprem, pages
 from .api._http import JSON, ApiError, api_http_error
+from .core.restore import RELAY_RESTART, restore
 from .core.service import Service
+from .logs import event
 from .settings import Settings
 from .storage import open_storage
 from .transport.ws import device_endpoint, viewer_endpoint, visitor_endpoint
@@ -76,12 +79,36 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _sweeper(service: Service) -> None:
+    """Every second: stuck peers and expired rooms. Every hour (and at start): old visitors."""
+    passes = 0
     while True:
-        await asyncio.sleep(1.0)
         try:
             service.hub.sweep()
+            service.addresses.prune(time.monotonic())
+            if passes % 3600 == 0:
+                await _expire_visitors(service)
         except Exception:  # keep sweeping whatever one pass hit
             log.exception("sweep failed")
+        passes += 1
+        await asyncio.sleep(1.0)
+
+
+async def _expire_visitors(service: Service) -> None:
+    days = service.settings.visitor_retention_days
+    if days > 0:
+        gone = await service.store.expire_visitors(time.time() - days * 86400.0)
+        if gone:
+            log.info("deleted %d visitors that never had a session, unseen for %g days", gone, days)
+
+
+async def _restore(service: Service) -> None:
+    """Rebuild the rooms of sessions open when the relay stopped; close those it cannot."""
+    restored = restore(service.hub, await service.store.open_sessions())
+    if restored.unrestorable:
+        ids = [r.id for r in restored.unrestorable]
+        await service.store.close_sessions(ids, time.time(), RELAY_RESTART)
+    for room in restored.rooms:
+        event("session_restored", session=room.session_id, visitor=room.visitor_id, epoch=room.epoch)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -91,6 +118,7 @@ def create_app(settings: Settings) -> Starlette:
         await store.open()
         await store.mark_all_offline()
         service = Service(settings, store)
+        await _restore(service)
         app.state.service = service
         sweeper = asyncio.get_running_loop().create_task(_sweeper(service))
         app.state.ready = True

@@ -400,6 +400,8 @@ class Room:
                 self.left.add(peer.id)
         if self.state is not None and not self.slots:
             self.end_session("agent_left")
+        elif leaving and self.state is not None:
+            self.hub.listener.session_changed(self)  # the stored session forgets that viewer
 
     def effective(self, granted: frozenset[str]) -> frozenset[str]:
         return granted & self.visitor_allow if self.visitor_allow else granted

@@ -46,6 +46,7 @@ from .errors import NotFound, RateLimited, SessionEnded, TokenInvalid, TokenReus
 from .grants import Grant, ResumeClaim, Signer
 from .hub import Hub, HubConfig, Link, Peer, Room, SessionState, ViewerSlot
 from .limits import AddressLimits, RateConfig, SocketRates
+from .restore import record_of
 
 __all__ = ["Service", "ClientInfo", "WatchRequest", "new_short_id"]
 
@@ -351,18 +352,8 @@ class Service:
         room.set_visitor_allow(p.allow)
         self._spawn(self.store.save_visitor(visitor))
 
-    def _record(self, room: Room, ended: float | None = None) -> SessionRecord:
-        return SessionRecord(
-            id=room.session_id,
-            visitor=room.visitor_id,
-            agents=list(room.agents),
-            observer=dict(room.observer),
-            started=room.started,
-            ended=ended,
-            went_live=room.state is SessionState.LIVE or room.went_live,
-            features_used=sorted(room.features),
-            metadata=dict(room.metadata),
-        )
+    def _record(self, room: Room, ended: float | None = None, reason: str = "") -> SessionRecord:
+        return record_of(room, ended, reason)
 
     def consent_asked(self, room: Room) -> None:
         event("consent_asked", session=room.session_id, visitor=room.visitor_id)
@@ -381,7 +372,7 @@ class Service:
     def session_ended(self, room: Room, reason: str) -> None:
         event("session_ended", session=room.session_id, visitor=room.visitor_id, reason=reason)
         self._set_in_session(room.visitor_id, False)
-        self._spawn(self.store.save_session(self._record(room, ended=time.time())))
+        self._spawn(self.store.save_session(self._record(room, ended=time.time(), reason=reason)))
         room.went_live = False
 
     def _set_in_session(self, short_id: str, value: bool) -> None:
