@@ -219,6 +219,10 @@ def _run(settings: Settings, sock: socket.socket, log_config: dict[str, Any]) ->
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=10,
         server_header=False,
+        # The client address every per-address limit counts: a trusted proxy's
+        # X-Forwarded-For, else the peer (never a header from anyone else).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
     server = Server(config)
     print(banner(settings), flush=True)
