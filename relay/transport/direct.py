@@ -346,7 +346,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.logger.exception("Exception in ASGI application\n")
             self.send_500_response()
         else:
-            if not self.handshake_complete:
+            if not self.handshake_complete and self.initial_response is None and not self.close_sent:
                 self.logger.error("ASGI callable returned without completing handshake.")
                 self.send_500_response()
         if self.close_timer is None and self.on_lost is None:
