@@ -7,10 +7,11 @@ runs against each. All times are Unix seconds (float).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
-__all__ = ["Visitor", "SessionRecord", "Store", "SearchQuery", "parse_search"]
+__all__ = ["Visitor", "SessionRecord", "ViewerRecord", "Store", "SearchQuery", "parse_search"]
 
 
 @dataclass(slots=True)
@@ -30,8 +31,29 @@ class Visitor:
     in_session: bool = False
 
 
+class ViewerRecord(TypedDict):
+    """One viewer slot of a session: what re-seats it after a restart."""
+
+    id: str  # the slot's viewer id (the one its resume token names)
+    agent_id: str
+    agent_name: str
+    permissions: list[str]  # its grant, before the visitor's own restriction
+
+
 @dataclass(slots=True)
 class SessionRecord:
+    """One session's history row, and while it is open what a restart rebuilds it from.
+
+    ``ended`` is None while the session is open. ``state`` is ``"requested"``
+    or ``"live"`` while open and ``""`` once ended; ``viewers``, ``allow`` and
+    ``epoch`` are the room's viewer slots, the visitor's own permission list
+    (empty: the page restricts nothing) and the epoch its frames were stamped
+    with (a restored room takes another one); ``left_viewers`` are the viewer
+    ids that ended their part, whose resume tokens stay void. ``end_reason``
+    says why it ended (``"visitor_gone"``, ``"relay_restart"``, ...), ``""``
+    while open.
+    """
+
     id: str
     visitor: str
     agents: list[dict[str, str]] = field(default_factory=list)  # [{"id", "name"}]
@@ -41,6 +63,12 @@ class SessionRecord:
     went_live: bool = False
     features_used: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    state: str = ""  # "requested" | "live" while open; "" once ended
+    viewers: list[ViewerRecord] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    epoch: int = 0
+    left_viewers: list[str] = field(default_factory=list)
+    end_reason: str = ""
 
     @property
     def length(self) -> float:
@@ -125,3 +153,21 @@ class Store(Protocol):
     async def save_session(self, s: SessionRecord) -> None: ...
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
     async def sessions_for(self, short_id: str, limit: int) -> list[SessionRecord]: ...
+
+    async def open_sessions(self) -> list[SessionRecord]:
+        """Every session not yet ended (``ended`` is None), oldest first."""
+        ...
+
+    async def close_sessions(self, ids: Sequence[str], ended: float, reason: str) -> int:
+        """End the open sessions among ``ids`` at ``ended`` with ``reason``; return how many.
+
+        Sessions already ended keep their own end.
+        """
+        ...
+
+    async def expire_visitors(self, cutoff: float) -> int:
+        """Delete visitors last seen before ``cutoff`` that are offline and never had a session.
+
+        The ``VISITOR_RETENTION_DAYS`` rule. Returns how many were deleted.
+        """
+        ...

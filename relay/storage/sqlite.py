@@ -4,6 +4,10 @@ One connection, owned by one worker thread; the event loop never blocks on
 disk. WAL with ``synchronous=NORMAL`` keeps every committed write across a
 crash of the process (SIGKILL included); only a power loss may cost the last
 transactions.
+
+Schema changes are additive: :func:`_migrate` adds the columns a database
+made by an older version lacks (``ALTER TABLE ... ADD COLUMN``), so an
+upgrade keeps every row.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -52,7 +56,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     ended REAL,
     went_live INTEGER NOT NULL DEFAULT 0,
     features_used TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}'
+    metadata TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL DEFAULT '',
+    viewers TEXT NOT NULL DEFAULT '[]',
+    visitor_allow TEXT NOT NULL DEFAULT '[]',
+    epoch INTEGER NOT NULL DEFAULT 0,
+    left_viewers TEXT NOT NULL DEFAULT '[]',
+    end_reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sessions_visitor ON sessions (visitor, started DESC);
 CREATE TABLE IF NOT EXISTS nonces (
@@ -60,6 +70,24 @@ CREATE TABLE IF NOT EXISTS nonces (
     expires REAL NOT NULL
 );
 """
+
+# Columns added since the first schema, with their definitions: _migrate adds
+# the ones an existing database lacks. New columns go at the end of both.
+_SESSION_ADDED = (
+    ("state", "TEXT NOT NULL DEFAULT ''"),
+    ("viewers", "TEXT NOT NULL DEFAULT '[]'"),
+    ("visitor_allow", "TEXT NOT NULL DEFAULT '[]'"),
+    ("epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("left_viewers", "TEXT NOT NULL DEFAULT '[]'"),
+    ("end_reason", "TEXT NOT NULL DEFAULT ''"),
+)
+# After the migration: the partial index that open_sessions reads.
+_INDEXES = "CREATE INDEX IF NOT EXISTS sessions_open ON sessions (started) WHERE ended IS NULL;"
+
+_SESSION_COLS = (
+    "id, visitor, agents, observer, started, ended, went_live, features_used, metadata, "
+    "state, viewers, visitor_allow, epoch, left_viewers, end_reason"
+)
 
 _VISITOR_COLS = (
     "short_id, unique_id, identities, tags, lookup_code, device_type, browser, ip, "
@@ -96,7 +124,21 @@ def _session(row: tuple[Any, ...]) -> SessionRecord:
         went_live=bool(row[6]),
         features_used=orjson.loads(row[7]),
         metadata=orjson.loads(row[8]),
+        state=row[9],
+        viewers=orjson.loads(row[10]),
+        allow=orjson.loads(row[11]),
+        epoch=row[12],
+        left_viewers=orjson.loads(row[13]),
+        end_reason=row[14],
     )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the session columns a database made by an older version lacks."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+    for name, definition in _SESSION_ADDED:
+        if name not in have:
+            db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {definition}")
 
 
 def _like(value: str) -> str:
@@ -111,7 +153,13 @@ _VISITOR_UPSERT = (
     "browser=excluded.browser, ip=excluded.ip, last_url=excluded.last_url, "
     "last_seen=excluded.last_seen, online=excluded.online, in_session=excluded.in_session"
 )
-_SESSION_UPSERT = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?)"
+_SESSION_UPSERT = f"INSERT OR REPLACE INTO sessions ({_SESSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_SESSION_CLOSE = "UPDATE sessions SET ended = ?, end_reason = ?, state = '' WHERE id = ? AND ended IS NULL"
+# Visitors past retention: offline, last seen before the cutoff, in no session row.
+_VISITOR_EXPIRE = (
+    "DELETE FROM visitors WHERE last_seen < ? AND online = 0 "
+    "AND NOT EXISTS (SELECT 1 FROM sessions WHERE sessions.visitor = visitors.short_id)"
+)
 
 
 def _visitor_row(v: Visitor) -> tuple[Any, ...]:
@@ -126,6 +174,8 @@ def _session_row(s: SessionRecord) -> tuple[Any, ...]:
     return (
         s.id, s.visitor, orjson.dumps(s.agents).decode(), orjson.dumps(s.observer).decode(), s.started,
         s.ended, int(s.went_live), orjson.dumps(s.features_used).decode(), orjson.dumps(s.metadata).decode(),
+        s.state, orjson.dumps(s.viewers).decode(), orjson.dumps(s.allow).decode(), s.epoch,
+        orjson.dumps(s.left_viewers).decode(), s.end_reason,
     )  # fmt: skip
 
 
@@ -233,6 +283,8 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            _migrate(db)
+            db.executescript(_INDEXES)
             self._db = db
 
         await asyncio.get_running_loop().run_in_executor(self._pool, connect)
@@ -314,11 +366,40 @@ class SqliteStore:
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         await self._settled()
-        row = await self._run(lambda db: db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone())
+        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?"
+        row = await self._run(lambda db: db.execute(sql, (session_id,)).fetchone())
         return None if row is None else _session(row)
 
     async def sessions_for(self, short_id: str, limit: int) -> list[SessionRecord]:
         await self._settled()
-        sql = "SELECT * FROM sessions WHERE visitor = ? ORDER BY started DESC LIMIT ?"
+        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE visitor = ? ORDER BY started DESC LIMIT ?"
         rows = await self._run(lambda db: db.execute(sql, (short_id, limit)).fetchall())
         return [_session(r) for r in rows]
+
+    async def open_sessions(self) -> list[SessionRecord]:
+        await self._settled()
+        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE ended IS NULL ORDER BY started"
+        rows = await self._run(lambda db: db.execute(sql).fetchall())
+        return [_session(r) for r in rows]
+
+    async def close_sessions(self, ids: Sequence[str], ended: float, reason: str) -> int:
+        if not ids:
+            return 0
+        await self._settled()  # a pending save of one of them must not reopen it afterwards
+        args = [(ended, reason, i) for i in dict.fromkeys(ids)]
+
+        def close(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN")
+            try:
+                n = db.executemany(_SESSION_CLOSE, args).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return n
+
+        return await self._run(close)
+
+    async def expire_visitors(self, cutoff: float) -> int:
+        await self._settled()
+        return await self._run(lambda db: db.execute(_VISITOR_EXPIRE, (cutoff,)).rowcount)

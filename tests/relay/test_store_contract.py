@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -142,3 +144,143 @@ def test_concurrent_writes_all_land_and_reads_see_them(open_store: Any) -> None:
         assert [s.id for s in await store.sessions_for("C049", 5)] == ["s49"]
 
     open_store(body)
+
+
+# --- what a restart needs ----------------------------------------------------------------
+def _open(sid: str, visitor: str, started: float, state: str = "live") -> SessionRecord:
+    return SessionRecord(
+        sid,
+        visitor,
+        agents=[{"id": "a1", "name": "Ann"}],
+        started=started,
+        went_live=state == "live",
+        state=state,
+        viewers=[{"id": "v1", "agent_id": "a1", "agent_name": "Ann", "permissions": ["click", "scroll"]}],
+        allow=["click"],
+        epoch=7,
+        left_viewers=["v0"],
+    )
+
+
+def test_a_live_sessions_restart_state_reads_back(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        s = _open("s1", "V", 10.0)
+        s.observer, s.metadata, s.features_used = {"id": "o", "name": "Obs"}, {"ticket": "T-1"}, ["click"]
+        await store.save_session(s)
+        assert await store.get_session("s1") == s
+        assert await store.sessions_for("V", 5) == [s]
+        assert await store.open_sessions() == [s]
+
+    open_store(body)
+
+
+def test_open_sessions_are_those_not_ended_oldest_first(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        await store.save_session(_open("late", "A", 30.0))
+        await store.save_session(_open("early", "B", 10.0, state="requested"))
+        await store.save_session(SessionRecord("done", "C", started=20.0, ended=25.0, end_reason="agent_left"))
+        assert [s.id for s in await store.open_sessions()] == ["early", "late"]
+        pending = asyncio.gather(
+            store.save_session(SessionRecord("done2", "A", started=5.0, ended=6.0)),
+            store.save_session(_open("fresh", "D", 40.0)),
+        )
+        await asyncio.sleep(0)  # both saves are pending in the store
+        assert [s.id for s in await store.open_sessions()] == ["early", "late", "fresh"]  # and the read sees them
+        await pending
+
+    open_store(body)
+
+
+def test_closing_sessions_ends_only_the_open_ones_named_with_the_reason(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        await store.save_session(_open("s1", "A", 10.0))
+        await store.save_session(_open("s2", "B", 11.0))
+        await store.save_session(_open("s3", "C", 12.0))
+        await store.save_session(SessionRecord("old", "A", started=1.0, ended=2.0, end_reason="visitor_ended"))
+        assert await store.close_sessions(["s1", "s2", "old", "unknown", "s1"], 50.0, "relay_restart") == 2
+        assert await store.close_sessions([], 60.0, "relay_restart") == 0
+        s1 = await store.get_session("s1")
+        assert s1 is not None and (s1.ended, s1.end_reason, s1.state) == (50.0, "relay_restart", "")
+        assert s1.agents == [{"id": "a1", "name": "Ann"}] and s1.went_live  # the history stays
+        old = await store.get_session("old")
+        assert old is not None and (old.ended, old.end_reason) == (2.0, "visitor_ended")
+        assert [s.id for s in await store.open_sessions()] == ["s3"]
+
+    open_store(body)
+
+
+def test_a_close_is_not_undone_by_a_save_made_before_it(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        save = asyncio.ensure_future(store.save_session(_open("s1", "A", 10.0)))
+        await asyncio.sleep(0)  # the save is pending in the store
+        assert await store.close_sessions(["s1"], 50.0, "relay_restart") == 1
+        await save
+        got = await store.get_session("s1")
+        assert got is not None and got.ended == 50.0 and await store.open_sessions() == []
+
+    open_store(body)
+
+
+def test_expiring_visitors_deletes_only_old_offline_ones_that_never_had_a_session(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        await store.save_visitor(Visitor("GONE", first_seen=1, last_seen=10))
+        await store.save_visitor(Visitor("GONE2", first_seen=1, last_seen=99))
+        await store.save_visitor(Visitor("RECENT", first_seen=1, last_seen=100))
+        await store.save_visitor(Visitor("ONLINE", first_seen=1, last_seen=10, online=True))
+        await store.save_visitor(Visitor("HELPED", first_seen=1, last_seen=10))
+        await store.save_session(SessionRecord("s1", "HELPED", started=5.0, ended=8.0))
+        assert await store.expire_visitors(100.0) == 2
+        assert await store.get_visitor("GONE") is None and await store.get_visitor("GONE2") is None
+        for kept in ("RECENT", "ONLINE", "HELPED"):
+            assert await store.get_visitor(kept) is not None, kept
+        assert await store.expire_visitors(100.0) == 0
+
+    open_store(body)
+
+
+# --- SQLite only: databases made by an older version ------------------------------------
+_FIRST_SCHEMA = """
+CREATE TABLE visitors (
+    short_id TEXT PRIMARY KEY, unique_id TEXT NOT NULL DEFAULT '', identities TEXT NOT NULL DEFAULT '[]',
+    tags TEXT NOT NULL DEFAULT '[]', lookup_code TEXT NOT NULL DEFAULT '', device_type TEXT NOT NULL DEFAULT '',
+    browser TEXT NOT NULL DEFAULT '', ip TEXT NOT NULL DEFAULT '', last_url TEXT NOT NULL DEFAULT '',
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, online INTEGER NOT NULL DEFAULT 0,
+    in_session INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY, visitor TEXT NOT NULL, agents TEXT NOT NULL DEFAULT '[]',
+    observer TEXT NOT NULL DEFAULT '{}', started REAL NOT NULL, ended REAL,
+    went_live INTEGER NOT NULL DEFAULT 0, features_used TEXT NOT NULL DEFAULT '[]',
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+INSERT INTO sessions VALUES ('open1', 'V', '[{"id":"1","name":"A"}]', '{}', 10.0, NULL, 1, '["click"]', '{}');
+INSERT INTO sessions VALUES ('done1', 'V', '[]', '{}', 1.0, 5.0, 0, '[]', '{"k":1}');
+"""
+
+
+def test_sqlite_adds_the_new_columns_to_an_older_database_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(_FIRST_SCHEMA)
+
+    async def go() -> None:
+        for again in (False, True):  # opening the migrated database again changes nothing
+            store = SqliteStore(path)
+            await store.open()
+            try:
+                open1, *new = await store.open_sessions()
+                assert [s.id for s in new] == (["new1"] if again else [])
+                assert (open1.id, open1.agents, open1.went_live, open1.features_used) == (
+                    "open1", [{"id": "1", "name": "A"}], True, ["click"],
+                )  # fmt: skip
+                assert (open1.state, open1.viewers, open1.allow, open1.epoch) == ("", [], [], 0)
+                assert (open1.left_viewers, open1.end_reason) == ([], "")
+                done = await store.get_session("done1")
+                assert done is not None and done.ended == 5.0 and done.metadata == {"k": 1}
+                s = _open("new1", "V", 20.0)
+                await store.save_session(s)
+                assert await store.get_session("new1") == s
+            finally:
+                await store.close()
+
+    asyncio.run(go())
