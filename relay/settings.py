@@ -65,7 +65,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "67108864",
         "bytes: relay-wide cap on unfinished inbound messages; past it large messages are refused (4005)",
     ),
-    "MAX_SOCKETS_PER_IP": ("200", "visitor sockets one client address may hold open"),
+    "MAX_SOCKETS_PER_IP": ("200", "websockets (visitors, viewers, devices) one client address may hold open"),
     "NEW_VISITORS_PER_IP": ("120", "new visitor ids one client address may create per minute"),
     "RATE_CONTROL": ("50", "frames/s per socket of session-class kinds (HELLO, PING, PRESENCE, ...); 4004 past it"),
     "RATE_CONTENT": ("1000", "frames/s per socket of DOM, pointer, scroll and control kinds; 4004 past it"),

@@ -12,7 +12,8 @@ counted for every kind. A bucket holds ``rate * burst`` tokens, so a client
 may spend a few seconds' worth at once (a big first snapshot) but not keep it
 up.
 
-Per address: visitor sockets open at once, and new visitor ids per minute
+Per address: websockets open at once (any role: a viewer socket costs as
+much before its token is checked), and new visitor ids per minute
 (each is a stored row). Addresses whose buckets are full again are
 forgotten by :meth:`AddressLimits.prune`, so the tables stay as small as the
 set of recently active clients. In cluster mode these counts are per node
@@ -87,7 +88,7 @@ class SocketRates:
 
 
 class AddressLimits:
-    """Visitor sockets open per address, and new visitors per address per minute."""
+    """Websockets open per address, and new visitors per address per minute."""
 
     def __init__(self, max_sockets: int, new_per_minute: int) -> None:
         self.max_sockets = max_sockets

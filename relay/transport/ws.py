@@ -55,15 +55,14 @@ async def _serve(ws: WebSocket, role: str) -> None:
     # Keyframe-sized messages only once a session is live (the hub raises it).
     link.set_max_message(settings.max_frame)
     ip = ws.client.host if ws.client else ""
-    if role == "visitor":
-        addresses = service.addresses
-        if not addresses.open_socket(ip):
-            event("limit_hit", limit="MAX_SOCKETS_PER_IP", ip=ip)
-            await ws.accept()
-            _refuse(link, "rate_limited", "too many sockets from this address", CloseCode.RATE_LIMITED)
-            await _closed(ws)
-            return
-        link.release = lambda: addresses.close_socket(ip)
+    addresses = service.addresses
+    if not addresses.open_socket(ip):
+        event("limit_hit", limit="MAX_SOCKETS_PER_IP", ip=ip, role=role)
+        await ws.accept()
+        _refuse(link, "rate_limited", "too many sockets from this address", CloseCode.RATE_LIMITED)
+        await _closed(ws)
+        return
+    link.release = lambda: addresses.close_socket(ip)
     await ws.accept()
     try:
         hello = await asyncio.wait_for(_hello(ws, service), settings.handshake_timeout)
