@@ -104,6 +104,9 @@ class Sdk {
     this.pending = [];
     this.flushTimer = null;
     this.keyframe = null;
+    // True while the last ordered frame sent on this socket is a keyframe: a
+    // keyframe request then crossed it (a relay that restarted asks at once).
+    this.keyframeIsLast = false;
     this.ui = new VisitorUI();
     this.wasPassword = new WeakSet();
     this.lastPresence = '';
@@ -193,6 +196,7 @@ class Sdk {
     }
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
+    this.keyframeIsLast = false;
     ws.onopen = () => {
       this.send('HELLO', { role: 'visitor', version: PROTOCOL_VERSION, client_id: this.shortId() });
     };
@@ -247,6 +251,8 @@ class Sdk {
     const ws = this.ws;
     if (!ws || ws.readyState !== 1) return false;
     ws.send(encode(kind, fields));
+    if (kind === 'DOM_KEYFRAME') this.keyframeIsLast = true;
+    else if (kind === 'DOM_DELTA' || kind === 'CONSOLE_LINES') this.keyframeIsLast = false;
     return true;
   }
 
@@ -270,7 +276,9 @@ class Sdk {
         if (!f.session || f.session === this.session) this.endSession(f.reason || 'agent');
         break;
       case KINDS.RESYNC_REQUEST:
-        if (this.stopRecording) this.snapshot();
+        // Nothing but a keyframe went out since the last one: the relay has (or is
+        // about to read) a keyframe and all after it. Another would be the same page twice.
+        if (this.stopRecording && !this.keyframeIsLast) this.snapshot();
         break;
       case KINDS.ERROR:
         console.warn('[cobrowse] relay error', f.code, f.message);
