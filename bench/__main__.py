@@ -1,10 +1,10 @@
 """``python -m bench all | quick | table | <scenario>...``
 
-* ``quick``: scenarios 1 and 2 with short runs (under 90 s) and the codec section.
-* ``all``: every scenario (under 10 minutes), the codec and browser sections.
+* ``quick``: scenarios 1, 2, 8 and 9 with short runs (about 2 minutes) and the codec section.
+* ``all``: every scenario (under 12 minutes), the codec and browser sections.
 * ``table``: rewrite README's benchmark table from bench/results/latest.json.
-* scenario names (``saturated paced fanout sessions slow join idle``) and
-  ``codec`` / ``browser`` run just those; add ``--quick`` for short runs.
+* scenario names (``saturated paced fanout sessions slow join idle storm flood``)
+  and ``codec`` / ``browser`` run just those; add ``--quick`` for short runs.
 
 Results go to bench/results/latest.json (and latest.png with matplotlib).
 """
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:
         ctx = Ctx(quick, server_core, loadgen_core, Path(logs), only)
-        # `all` must end within 10 minutes: scenario 5 gets what is left (codec/browser reserved)
-        ctx.t_end = t0 + (600 - 110 if "browser" in extras else 600 - 20)
+        # `all` must end within 12 minutes: scenario 5, run last, gets what is left (codec/browser reserved)
+        ctx.t_end = t0 + (720 - 110 if "browser" in extras else 720 - 20)
         if "idle" in what:  # named explicitly: every target
             ctx.idle_targets = TARGETS
         try:
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 ts = time.monotonic()
                 sc = SCENARIOS[name](ctx)
                 sc["date"] = data["date"]
+                sc["command"] = data["command"]
                 sc["elapsed_s"] = round(time.monotonic() - ts, 1)
                 data["scenarios"][name] = sc
                 print(report.format_scenario(sc), flush=True)

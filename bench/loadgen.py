@@ -32,7 +32,10 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import resource
+import socket
+import struct
 import sys
 import time
 from array import array
@@ -44,6 +47,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_
 import protocol
 from bench.frames import KIND_DELTA, KIND_KEYFRAME, STAMP, FrameTemplate
 from bench.proc import cpu_times, raise_nofile, rss_bytes
+from bench.targets import ORIGIN
 
 __all__ = ["Job", "run_job", "run_jobs", "latency_stats", "main"]
 
@@ -52,7 +56,6 @@ BINARY = WSMsgType.BINARY
 _BIN_AT = 22  # see bench.frames: bin type byte of DomDelta/DomKeyframe
 _OFFS = {0xC4: 24, 0xC5: 25, 0xC6: 27}
 MAX_MESSAGE = 16 * 1024 * 1024
-ORIGIN = "http://127.0.0.1"
 
 K_WELCOME = int(protocol.Kind.WELCOME)
 K_ERROR = int(protocol.Kind.ERROR)
@@ -62,6 +65,7 @@ K_SESSION_DECLINE = int(protocol.Kind.SESSION_DECLINE)
 K_SESSION_END = int(protocol.Kind.SESSION_END)
 K_RESYNC = int(protocol.Kind.RESYNC_REQUEST)
 K_PING = int(protocol.Kind.PING)
+K_PONG = int(protocol.Kind.PONG)
 
 
 def log(*a: object) -> None:
@@ -396,7 +400,8 @@ class Viewer(Conn):
 
 
 # --- connecting --------------------------------------------------------------------
-async def _connect(url: str, listener: Conn, timeout: float = 10.0) -> None:
+async def _connect(url: str, listener: Conn, timeout: float = 10.0, **kw: Any) -> None:
+    """``kw`` goes to ``loop.create_connection`` (``local_addr``: the source address)."""
     await ws_connect(
         lambda: listener,
         url,
@@ -404,6 +409,7 @@ async def _connect(url: str, listener: Conn, timeout: float = 10.0) -> None:
         max_frame_size=MAX_MESSAGE,
         extra_headers={"Origin": ORIGIN},
         enable_auto_pong=True,
+        **kw,
     )
 
 
@@ -551,6 +557,24 @@ class Window:
             out["warning"] = f"load generator at {out['loadgen_cpu_pct']}% of its core: figures may be its limit"
             log("WARNING", out["warning"])
         return out
+
+
+async def until_idle(pids: list[int], at_least: float, at_most: float, busy: float = 0.1) -> float:
+    """Wait ``at_least`` s, then until the servers ``pids`` together use under ``busy`` of a
+    core over 0.25 s (what an earlier run left them doing: buffered input, store writes),
+    or ``at_most`` s. Returns the seconds waited."""
+    t0 = time.monotonic()
+    await asyncio.sleep(at_least)
+    live = [p for p in pids if os.path.exists(f"/proc/{p}/stat")]
+    while live and time.monotonic() - t0 < at_most:
+        try:
+            c0 = sum(cpu_times(p).total for p in live)
+            await asyncio.sleep(0.25)
+            if sum(cpu_times(p).total for p in live) - c0 < busy * 0.25:
+                break
+        except OSError:  # one exited: nothing to wait for
+            break
+    return round(time.monotonic() - t0, 2)
 
 
 # --- jobs ----------------------------------------------------------------------------
@@ -991,11 +1015,558 @@ async def job_join(job: Job) -> dict[str, Any]:
         await close_all(all_conns([s]))
 
 
+# --- reconnect storm ---------------------------------------------------------------
+def storm_addr(slot: int) -> str:
+    """Loopback source address number ``slot``: 127.100.0.1, 127.100.0.2, ... (all of 127/8
+    is loopback on Linux), so per-address limits see many clients, as in production."""
+    if not 0 <= slot < 250 * 250:
+        raise ValueError(f"address slot {slot} out of range")
+    return f"127.100.{slot // 250}.{slot % 250 + 1}"
+
+
+def abort(conn: Conn) -> None:
+    """Drop a connection the way a dead network path or a killed tab looks to the server
+    soonest: no closing handshake, a TCP RST (SO_LINGER 0), nothing flushed."""
+    t = conn.transport
+    if t is None or t.is_disconnected:
+        return
+    ut = t.underlying_transport
+    sock = ut.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ut.abort()
+
+
+class StormConn(Conn):
+    """One connection of a storm visitor. Admitted on WELCOME (relay), or on the pong
+    to a websocket PING sent after its first message (baselines: they answer nothing else)."""
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        t = frame.msg_type
+        if t is WSMsgType.PONG:
+            if self.job.mode == "raw" and not self.welcome.done():
+                self.welcome.set_result(None)
+            return
+        if t is BINARY and frame.fin and self.buf is None:
+            data = frame.get_payload_as_bytes()
+        else:
+            got = self._assemble(frame)
+            if got is None:
+                return
+            data = got
+        if self.job.mode == "relay":
+            self.control(data)
+
+
+class StormVisitor:
+    """A visitor of the storm: its id and source address survive its reconnects."""
+
+    __slots__ = ("addr", "attempts", "client_id", "conn", "index", "name", "t_admit", "t_start")
+
+    def __init__(self, job: Job, index: int, addr: str) -> None:
+        self.index = index
+        self.name = f"{job.run_id}v{index}"
+        self.addr = addr
+        self.client_id = self.name  # the relay keeps a well-formed client id as the short id
+        self.conn: StormConn | None = None
+        self.t_start = 0.0
+        self.t_admit = 0.0
+        self.attempts = 0
+
+
+def _hello_bytes(client_id: str) -> bytes:
+    return protocol.encode(protocol.Hello(role="visitor", version=1, client_id=client_id))
+
+
+PRESENCE = protocol.encode(protocol.Presence(url="http://127.0.0.1/bench", title="bench storm", browser="bench"))
+
+
+async def storm_attempt(job: Job, v: StormVisitor, timeout: float) -> None:
+    """Connect visitor ``v`` from its own source address and wait until it is admitted."""
+    c = StormConn(job)
+    v.attempts += 1
+    try:
+        if job.mode == "raw":
+            await _connect(f"{job.url}/ws/{v.name}/visitor", c, timeout, local_addr=(v.addr, 0))
+            assert c.transport is not None
+            c.transport.send(BINARY, _hello_bytes(v.client_id))
+            c.transport.send_ping()
+            await asyncio.wait_for(c.welcome, timeout)
+        else:
+            await _connect(f"{job.url}/ws/visitor", c, timeout, local_addr=(v.addr, 0))
+            assert c.transport is not None
+            c.transport.send(BINARY, _hello_bytes(v.client_id))
+            welcome = await asyncio.wait_for(c.welcome, timeout)
+            v.client_id = welcome.client_id or v.client_id
+        c.transport.send(BINARY, PRESENCE)  # what the SDK sends next, in both modes
+    except BaseException:
+        abort(c)
+        raise
+    v.conn = c
+
+
+def _quantiles_ms(xs: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max in ms of sorted seconds."""
+    n = len(xs)
+    return {k: round(1000 * xs[min(n - 1, int(p * n))], 1) for k, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))} | {
+        "max": round(1000 * xs[-1], 1)
+    }
+
+
+async def job_storm(job: Job) -> dict[str, Any]:
+    """Reconnect storm: ``count`` visitors admitted, all dropped at once (TCP RST),
+    all reconnecting at once with the same client ids after a random jitter.
+
+    Visitors spread over loopback source addresses, ``per_addr`` each. Each storm:
+    abort every socket, then every visitor reconnects at drop + U(0, jitter) s.
+    Clients behave like relay/web/src/sdk.js: an attempt has no client-side
+    timeout (a browser WebSocket has none; ``attempt_timeout`` sets one), a failed
+    or closed one is retried after the SDK's backoff (0.5 s doubling to 15 s, the
+    second half jittered), all bounded by ``storm_budget``. The figure is the time
+    from the drop until the last visitor is admitted again, and the server's CPU
+    seconds over it.
+    """
+    sp = job.spec
+    loop = asyncio.get_running_loop()
+    count = int(sp.get("count", 200))
+    per_addr = max(1, int(sp.get("per_addr", 25)))
+    jitter = float(sp.get("jitter", 0.5))
+    storms = int(sp.get("storms", 1))
+    # like the SDK's WebSocket: no client-side timeout on an attempt (0), only the budget
+    attempt_timeout = float(sp.get("attempt_timeout", 0))
+    budget = float(sp.get("storm_budget", 60))
+    settle = float(sp.get("settle", 1.0))
+    rng = random.Random(int(sp.get("seed", 5)))
+    pid = sp.get("server_pid")
+    visitors = [StormVisitor(job, i, storm_addr(i // per_addr)) for i in range(count)]
+    failures: dict[str, int] = {}
+    samples: list[str] = []
+
+    def failed(e: BaseException) -> None:
+        key = type(e).__name__ if not isinstance(e, ConnectionError) else str(e)[:60]
+        failures[key] = failures.get(key, 0) + 1
+        if len(samples) < 5:
+            samples.append(f"{type(e).__name__}: {e}"[:200])
+
+    async def admit(v: StormVisitor, deadline: float) -> None:
+        """Attempts until admitted or past ``deadline`` (perf_counter)."""
+        v.t_start = time.perf_counter()
+        v.t_admit = 0.0
+        tries = 0
+        while True:
+            tries += 1
+            left = deadline - time.perf_counter()
+            limit = min(left, attempt_timeout) if attempt_timeout > 0 else left
+            try:
+                await asyncio.wait_for(storm_attempt(job, v, limit), limit)
+                v.t_admit = time.perf_counter()
+                return
+            except Exception as e:  # refused, reset, closed before WELCOME, timed out
+                failed(e)
+            # relay/web/src/sdk.js: exponential backoff with jitter, 0.5 s doubling to 15 s
+            cap = min(15.0, 0.5 * 2 ** min(tries - 1, 5))
+            pause = cap / 2 + rng.uniform(0.0, cap / 2)
+            if time.perf_counter() + pause > deadline:
+                return
+            await asyncio.sleep(pause)
+
+    # connect phase: not measured, bounded concurrency
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(int(sp.get("concurrency", 128)))
+    connect_deadline = t0 + float(sp.get("connect_budget", 90))
+
+    async def first(v: StormVisitor) -> None:
+        async with sem:
+            await admit(v, connect_deadline)
+
+    await asyncio.gather(*(first(v) for v in visitors))
+
+    async def again(v: StormVisitor, at: float, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        await admit(v, deadline)
+
+    result: dict[str, Any] = {
+        "count": count,
+        "per_addr": per_addr,
+        "addresses": (count + per_addr - 1) // per_addr,
+        "jitter_s": jitter,
+        "connected": sum(1 for v in visitors if v.t_admit),
+        "connect_s": round(time.perf_counter() - t0, 2),
+        "connect_failures": dict(failures),
+        "storms": [],
+    }
+    try:
+        if result["connected"] < count:
+            raise RuntimeError(f"only {result['connected']}/{count} visitors admitted before the storm: {samples[:3]}")
+        settle_pids = [int(x) for x in sp.get("settle_pids", [pid] if pid else [])]
+        for _ in range(storms):
+            settled = await until_idle(settle_pids, settle, 15.0)
+            failures.clear()
+            samples.clear()
+            for v in visitors:
+                v.attempts = 0
+            delays = [rng.uniform(0.0, jitter) for _ in visitors]
+            srv0 = cpu_times(pid) if pid else None
+            own0 = self_cpu()
+            t_drop = time.perf_counter()
+            for v in visitors:
+                if v.conn is not None:
+                    abort(v.conn)
+                    v.conn = None
+            deadline = t_drop + budget
+
+            tasks = [loop.create_task(again(v, t_drop + d, deadline)) for v, d in zip(visitors, delays, strict=True)]
+            # the storm ends when the last visitor is admitted: CPU read right then
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline + 5 - time.perf_counter()))
+                if not done:
+                    break
+            t_end = max((v.t_admit for v in visitors), default=t_drop)
+            srv1 = cpu_times(pid) if pid else None
+            own = self_cpu() - own0
+            for t in pending:
+                t.cancel()
+            admitted = sorted(v.t_admit - t_drop for v in visitors if v.t_admit)
+            waits = sorted(v.t_admit - v.t_start for v in visitors if v.t_admit)
+            n = len(admitted)
+            span = t_end - t_drop
+            storm: dict[str, Any] = {
+                "settled_s": settled,
+                "admitted": n,
+                "storm_s": round(span, 3) if n == count else None,
+                "last_admitted_s": round(span, 3),
+                "handshakes_per_s": round(n / span, 1) if span > 0 else None,
+                "retries": sum(max(0, v.attempts - 1) for v in visitors),
+                "failures": dict(failures),
+                "failure_samples": list(samples),
+                "loadgen_cpu_pct": round(100 * own / span, 1) if span > 0 else None,
+            }
+            if n:
+                storm["admitted_after_drop_ms"] = _quantiles_ms(admitted)
+                # the recovery curve: ms after the drop by which 5%, 10%, ... 100% were back
+                storm["admitted_curve_ms"] = [
+                    round(1000 * admitted[min(n - 1, max(0, (n * k) // 20 - 1))], 1) for k in range(1, 21)
+                ]
+                storm["client_wait_ms"] = _quantiles_ms(waits)
+            if srv0 is not None and srv1 is not None:
+                d = srv1 - srv0
+                storm["server_cpu_s"] = round(d.total, 3)
+                storm["server_cpu_pct"] = round(100 * d.total / span, 1) if span > 0 else None
+                storm["server_us_per_reconnect"] = round(1e6 * d.total / max(1, n), 1)
+            if storm["loadgen_cpu_pct"] and storm["loadgen_cpu_pct"] > 90:
+                storm["warning"] = f"load generator at {storm['loadgen_cpu_pct']}% of its core during the storm"
+                log("WARNING", storm["warning"])
+            result["storms"].append(storm)
+            log(f"storm {len(result['storms'])}: {n}/{count} admitted in {span:.2f}s")
+        result["close_codes"] = dict(job.close_codes)
+        return result
+    finally:
+        conns: list[Conn] = [v.conn for v in visitors if v.conn is not None]
+        await close_all(conns, 10)
+
+
+# --- flood --------------------------------------------------------------------------
+FLOOD_KINDS = ("ping", "presence", "ordered")
+
+
+class FloodVisitor(Visitor):
+    """The flooder's visitor socket: PONGs (one per PING flooded) counted, never decoded."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        self.pongs = 0
+        self.opened = time.monotonic()
+        self.frames = 0
+        self.bytes = 0
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is BINARY and frame.fin and self.buf is None:
+            mv = frame.get_payload_as_memoryview()
+            if len(mv) > 1 and mv[1] == K_PONG:
+                self.pongs += 1
+                return
+        super().on_ws_frame(transport, frame)
+
+
+class Flooder:
+    """A hostile visitor B: floods one socket as fast as it can, and when the server
+    closes it, reconnects (same client id, 20 ms later) and floods again, until told
+    to stop or ``max_s``. Kinds: PING or PRESENCE frames (control class), or big
+    ordered frames (DOM_DELTA of ``frame`` bytes) into B's own live session, which has
+    one viewer that reads everything."""
+
+    def __init__(self, job: Job) -> None:
+        sp = job.spec
+        self.job = job
+        self.kind: str = sp.get("flood", "ping")
+        if self.kind not in FLOOD_KINDS:
+            raise ValueError(f"flood kind {self.kind!r}: one of {FLOOD_KINDS}")
+        self.source: str = sp.get("source", "127.200.0.1")
+        self.timeout = float(sp.get("timeout", 10))
+        self.gap = float(sp.get("reconnect_delay", 0.02))
+        self.high = int(sp.get("high_water", 256 * 1024))
+        self.session = Session(job, 0, int(sp.get("frame", 60 * 1024)), 4096)
+        self.session.name = f"{job.run_id}flood"
+        self.client_id = self.session.name
+        if self.kind == "ping":
+            self.payload = protocol.encode(protocol.Ping(t=1))
+        elif self.kind == "presence":
+            self.payload = protocol.encode(
+                protocol.Presence(url="http://127.0.0.1/flood", title="flood", browser="bench", tags=("flood",))
+            )
+        else:
+            self.payload = b""
+        self.stopping = False
+        self.conns: list[FloodVisitor] = []
+        self.connect_errors: list[str] = []
+        self.t_flood = 0.0
+
+    async def connect(self) -> FloodVisitor:
+        job, s = self.job, self.session
+        v = FloodVisitor(s)
+        s.visitor = v
+        local = {"local_addr": (self.source, 0)}
+        if job.mode == "raw":
+            await _connect(f"{job.url}/ws/{s.name}/visitor", v, self.timeout, **local)
+            v.welcome.set_result(None)
+        else:
+            await _connect(f"{job.url}/ws/visitor", v, self.timeout, **local)
+            v.send_msg(protocol.Hello(role="visitor", version=1, client_id=self.client_id))
+            welcome = await asyncio.wait_for(v.welcome, self.timeout)
+            self.client_id = welcome.client_id or self.client_id
+            s.short_id = self.client_id  # type: ignore[attr-defined]
+            v.send_msg(protocol.Presence(url="http://127.0.0.1/flood", title="flood", browser="bench"))
+        v.opened = time.monotonic()
+        self.conns.append(v)
+        return v
+
+    async def setup(self) -> None:
+        await self.connect()
+        if self.kind == "ordered":  # a live session of B's own, with a viewer that reads
+            await connect_viewer(self.session, False, self.timeout)
+            self.session.send_keyframe()
+
+    async def flood_one(self, v: FloodVisitor, until: float) -> None:
+        t = v.transport
+        assert t is not None
+        ut = t.underlying_transport
+        s = self.session
+        if self.kind == "ordered":
+            s.send_keyframe()  # after a reconnect the log needs one, as the SDK sends
+        payload = self.payload
+        size = len(payload) if payload else s.tmpl.size
+        batch = 64 if payload else 8
+        while not self.stopping and not t.is_disconnected and time.monotonic() < until:
+            if ut.get_write_buffer_size() < self.high:
+                for _ in range(batch):
+                    if payload:
+                        t.send(BINARY, payload)
+                    else:
+                        s.send_delta()
+                v.frames += batch
+                v.bytes += batch * size
+            await asyncio.sleep(0 if ut.get_write_buffer_size() < self.high else 0.001)
+
+    async def run(self, max_s: float, started: Callable[[], None]) -> dict[str, Any]:
+        until = time.monotonic() + max_s
+        v = self.conns[-1]
+        self.t_flood = time.monotonic()
+        started()
+        while not self.stopping and time.monotonic() < until:
+            await self.flood_one(v, until)
+            if self.stopping or time.monotonic() >= until:
+                break
+            # closed: by the server (its code), or the connection was lost (1006)
+            if v.transport is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(v.transport.wait_disconnected(), 2)
+            await asyncio.sleep(self.gap)
+            while not self.stopping and time.monotonic() < until:
+                try:
+                    v = await asyncio.wait_for(self.connect(), self.timeout)
+                    break
+                except Exception as e:  # refused, closed before WELCOME...: try again
+                    self.connect_errors.append(f"{type(e).__name__}: {e}"[:160])
+                    await asyncio.sleep(0.05)
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        elapsed = max(1e-9, time.monotonic() - self.t_flood)
+        codes: dict[str, int] = {}
+        closed = [c for c in self.conns if c.closed_at]
+        for c in closed:
+            key = str(c.close_code or 1006)
+            codes[key] = codes.get(key, 0) + 1
+        lifetimes = sorted(c.closed_at - c.opened for c in closed)
+        frames = sum(c.frames for c in self.conns)
+        sent = sum(c.bytes for c in self.conns)
+        errs = [e for c in self.conns for e in c.errors]
+        viewer = self.session.viewers[0] if self.session.viewers else None
+        return {
+            "flood": self.kind,
+            "frame_bytes": len(self.payload) if self.payload else self.session.tmpl.size,
+            "seconds": round(elapsed, 2),
+            "connects": len(self.conns),
+            "closed": len(closed),
+            "close_codes": codes,
+            "median_lifetime_s": round(lifetimes[len(lifetimes) // 2], 3) if lifetimes else None,
+            "median_frames_per_socket": sorted(c.frames for c in self.conns)[len(self.conns) // 2],
+            "frames_sent": frames,
+            "frames_per_s": round(frames / elapsed, 1),
+            "mib_per_s": round(sent / elapsed / 2**20, 2),
+            "pongs": sum(c.pongs for c in self.conns),
+            "viewer_received": viewer.received if viewer is not None else None,
+            "viewer_close_code": (viewer.close_code or (1006 if viewer.closed_at else None)) if viewer else None,
+            "connect_errors": len(self.connect_errors),
+            "connect_error_samples": self.connect_errors[:3],
+            "errors": errs[:5],
+        }
+
+    async def close(self) -> None:
+        self.stopping = True
+        await close_all(all_conns([self.session]), 5)
+
+
+async def flood_main() -> None:
+    """``python -m bench.loadgen --flood``: the hostile visitor B in its own process.
+
+    Reads its spec (one JSON line), runs at a lower priority (nice +10 from the
+    parent's) so the measured client A, on the same core, is not starved by it,
+    prints ``FLOODING`` when the first flood frame is out, stops on a ``stop``
+    line (or ``max_s``) and prints ``REPORT {json}``.
+    """
+    spec = json.loads(sys.stdin.readline())
+    with contextlib.suppress(OSError):
+        os.nice(int(spec.get("nice_add", 10)))
+    job = Job(spec)
+    fl = Flooder(job)
+    try:
+        await asyncio.wait_for(fl.setup(), 30)
+
+        async def stop_on_line() -> None:
+            await loop_readline()
+            fl.stopping = True
+
+        stopper = asyncio.ensure_future(stop_on_line())
+        rep = await fl.run(float(spec.get("max_s", 60)), lambda: print("FLOODING", flush=True))
+        stopper.cancel()
+    except Exception as e:
+        rep = {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        await fl.close()
+    print("REPORT " + json.dumps(rep), flush=True)
+
+
+async def job_flood(job: Job) -> dict[str, Any]:
+    """Client A's latency quiet, then while a flooder B (its own process) floods.
+
+    A: one visitor -> one viewer, paced ``rate`` frames/s of ``frame`` bytes, each
+    frame's latency recorded (as the paced scenarios do). ``quiet`` s without B,
+    then ``flood_s`` s with B flooding (``flood``: ping, presence or ordered).
+    """
+    sp = job.spec
+    loop = asyncio.get_running_loop()
+    rate = float(sp.get("rate", 50))
+    quiet = float(sp.get("quiet", 3.0))
+    flood_s = float(sp.get("flood_s", 3.0))
+    timeout = float(sp.get("timeout", 15))
+    pid = sp.get("server_pid")
+    sessions = await setup_sessions(job, 1, 1, int(sp.get("frame", 1024)), 4096, 0, 1, timeout)
+    s = sessions[0]
+    w = s.viewers[0]
+    result: dict[str, Any] = {}
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        # every server on the core idle first: an earlier flood may leave one busy for a while
+        result["settled_s"] = await until_idle(
+            [int(x) for x in sp.get("settle_pids", [pid] if pid else [])], 0.0, float(sp.get("settle_max", 15))
+        )
+        await sync_keyframe(sessions, timeout)
+        job.sending = True
+        s.start_paced(rate, loop, 0.0)
+        await asyncio.sleep(float(sp.get("warmup", 0.5)))
+
+        async def window(seconds: float) -> dict[str, Any]:
+            job.lat = array("q")
+            d0 = s.delivered
+            job.rec = True
+            win = Window(pid)
+            await asyncio.sleep(seconds)
+            out = win.close(s.delivered - d0)
+            job.rec = False
+            out["latency"] = latency_stats(job.lat, 100)
+            return out
+
+        result["quiet"] = await window(quiet)
+        # B: its own process on this core, so its flooding is not A's latency
+        fspec = {
+            "mode": sp.get("flood_mode", job.mode),
+            "url": sp.get("flood_url", job.url),  # another server: a control run of the harness
+            "secret": sp.get("secret", ""),
+            "flood": sp.get("flood", "ping"),
+            "frame": int(sp.get("flood_frame", 60 * 1024)),
+            "source": sp.get("flood_source", "127.200.0.1"),
+            "max_s": flood_s + 30,
+            "run_id": f"{job.run_id}b",
+        }
+        pin = ["taskset", "-c", str(sp["flood_core"])] if sp.get("flood_core") is not None else []
+        proc = await asyncio.create_subprocess_exec(
+            *pin, sys.executable, "-m", "bench.loadgen", "--flood",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write((json.dumps(fspec) + "\n").encode())
+        await proc.stdin.drain()
+        line = await asyncio.wait_for(proc.stdout.readline(), 40)
+        if not line.startswith(b"FLOODING"):
+            rest = line + await asyncio.wait_for(proc.stdout.read(), 10)
+            raise RuntimeError(f"flooder did not start: {rest.decode(errors='replace')[:300]}")
+        result["flood"] = await window(flood_s)
+        proc.stdin.write(b"stop\n")
+        await proc.stdin.drain()
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        result["flooder"] = json.loads(line[7:]) if line.startswith(b"REPORT ") else {"error": line.decode()[:300]}
+        await asyncio.wait_for(proc.wait(), 10)
+        job.sending = False
+        s.stop()
+        deadline = time.monotonic() + float(sp.get("drain", 3))
+        while time.monotonic() < deadline and w.expect <= s.seq and not w.closed_at:
+            await asyncio.sleep(0.01)
+        q50, f50 = result["quiet"]["latency"].get("p50_us"), result["flood"]["latency"].get("p50_us")
+        q99, f99 = result["quiet"]["latency"].get("p99_us"), result["flood"]["latency"].get("p99_us")
+        result.update(
+            p50_ratio=round(f50 / q50, 3) if q50 and f50 else None,
+            p99_ratio=round(f99 / q99, 3) if q99 and f99 else None,
+            lost=w.lost + w.skipped,
+            undelivered=max(0, s.seq - (w.expect - 1)),
+            a_closed=[c.close_code or 1006 for c in (s.visitor, w) if c is not None and c.closed_at],
+            frames_sent=s.seq,
+            close_codes=dict(job.close_codes),
+        )
+        errs = [e for c in all_conns(sessions) for e in c.errors]
+        if errs:
+            result["errors"] = errs[:10]
+        return result
+    finally:
+        job.sending = False
+        s.stop()
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        await close_all(all_conns(sessions))
+
+
 JOBS: dict[str, Callable[[Job], Any]] = {
     "fanout": job_fanout,
     "direct": job_direct,
     "idle": job_idle,
     "join": job_join,
+    "storm": job_storm,
+    "flood": job_flood,
 }
 
 
@@ -1025,6 +1596,9 @@ def main() -> None:
 
     if sys.argv[1:] == ["--sink"]:
         uvloop.run(sink_main())
+        return
+    if sys.argv[1:] == ["--flood"]:
+        uvloop.run(flood_main())
         return
     line = sys.stdin.readline()
     spec = json.loads(line)

@@ -189,6 +189,23 @@ def chart(data: dict[str, Any], path: Path = CHART) -> Path | None:
     return path
 
 
+def provenance(data: dict[str, Any]) -> list[str]:
+    """A line naming the scenarios measured by an earlier (or later) command than the file's."""
+    here = (data.get("date"), data.get("command"))
+    other: dict[tuple[Any, Any], list[str]] = {}
+    for sc in ordered(data):
+        when = (sc.get("date", here[0]), sc.get("command", here[1]))
+        if when != here:
+            other.setdefault(when, []).append(str(sc.get("title", "?")).split(".")[0])
+    if not other:
+        return []
+    parts = [
+        f"scenario{'s' if len(ns) > 1 else ''} {', '.join(ns)} on {d}" + (f" with `{c}`" if c else "")
+        for (d, c), ns in other.items()
+    ]
+    return ["Measured at another time: " + "; ".join(parts) + "."]
+
+
 def markdown_table(data: dict[str, Any]) -> str:
     m = data.get("machine", {})
     v = data.get("versions", {})
@@ -198,6 +215,7 @@ def markdown_table(data: dict[str, Any]) -> str:
         f"uvicorn {v.get('uvicorn', '?')}, websockets {v.get('websockets', '?')}, picows {v.get('picows', '?')}. "
         "Relay and baselines pinned to one core, the load generator to the other; medians of repeated runs. "
         "Regenerate with `make bench-table` from `bench/results/latest.json`.",
+        *provenance(data),
         "",
         "| scenario | case | figure | relay | websockets | picows | relay/websockets | relay/picows | target |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -216,6 +234,14 @@ def markdown_table(data: dict[str, Any]) -> str:
         "time to caught-up",
         "server CPU",
         "slow viewer resynced or closed",
+        "re-admitted (fewest of the storms)",
+        "storm time (drop -> all admitted)",
+        "server CPU during storm",
+        "server CPU per reconnect",
+        "A p99 quiet",
+        "A p99 under flood",
+        "A p99 flood/quiet",
+        "B closed by the server",
     }
     for sc in ordered(data):
         for r in sc.get("rows", []):

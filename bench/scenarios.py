@@ -1,4 +1,4 @@
-"""The seven scenarios of issue #5: jobs for the load generator, medians, rows.
+"""The seven scenarios of issue #5, a reconnect storm and a flood: jobs for the load generator, medians, rows.
 
 Each scenario returns ``{"title", "rows", "runs", "notes"}``. A row is one
 figure for every target side by side (see :func:`row`), with the relay's
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.proc import child_setup, nofile_hard, pin_prefix, rss_bytes
-from bench.targets import BASELINES, REPO, TARGETS, Target, start_target
+from bench.targets import BASELINES, ORIGIN, REPO, TARGETS, Target, start_target
 
 __all__ = ["Ctx", "SCENARIOS", "QUICK", "ALL", "row", "run_loadgen"]
 
@@ -936,6 +936,278 @@ def join(ctx: Ctx) -> dict[str, Any]:
     return {"title": "7. Keyframe join", "rows": rows, "runs": strip_runs(results), "notes": notes}
 
 
+# --- 8. reconnect storm --------------------------------------------------------------------------
+STORM_PER_ADDR = 25  # visitors per loopback source address
+STORM_JITTER = 0.5  # s: each visitor reconnects at drop + U(0, jitter)
+
+
+def _limited_targets(ctx: Ctx, tag: str) -> tuple[list[Target], list[Target], list[str]]:
+    """A fresh relay with every limit at its default (for this scenario only) and the
+    shared baselines: (all, to stop afterwards, notes)."""
+    out: list[Target] = []
+    own: list[Target] = []
+    notes: list[str] = []
+    if "relay" in ctx.only:
+        t = start_target("relay", ctx.server_core, ctx.log_dir, limits=True)
+        if t.error:
+            notes.append(f"relay ({tag}, limits at defaults): {t.error}")
+        else:
+            out.append(t)
+            own.append(t)
+    out.extend(t for t in ctx.live() if t.name != "relay")
+    return out, own, notes
+
+
+def storm(ctx: Ctx) -> dict[str, Any]:
+    """Every visitor dropped at once, every one reconnecting at once: time until all are back.
+
+    N visitors (25 per loopback source address) admitted, then every TCP
+    connection aborted (RST) at once; each reconnects with its client id after a
+    random 0-500 ms jitter (retrying with backoff if refused) and the figure is
+    the time from the drop until the last one is admitted again (WELCOME; the
+    baselines: upgrade + first message + a websocket PING answered), with the
+    server's CPU over that time. The relay runs fresh, with its limits at their
+    defaults. Each population storms ``storms`` times; figures are medians.
+    """
+    want = 300 if ctx.quick else 5000
+    # one process (server, generator) holds them all, plus its own few dozen fds
+    n = min(want, (nofile_hard() - 200) // STORM_PER_ADDR * STORM_PER_ADDR)
+    storms = 1 if ctx.quick else 2
+    targets, own, notes = _limited_targets(ctx, "storm")
+    if n < want:
+        notes.append(f"RLIMIT_NOFILE hard limit {nofile_hard()}: {n} visitors, not {want}")
+    jobs = [
+        {
+            **t.spec(),
+            "type": "storm",
+            "label": f"{t.name}|storm|0",
+            "count": n,
+            "per_addr": STORM_PER_ADDR,
+            "jitter": STORM_JITTER,
+            "storms": storms,
+            "settle_pids": [x.server.pid for x in targets if x.server is not None],
+            "concurrency": 128,
+            "connect_budget": 90,
+            "storm_budget": 60,
+            "settle": 1.0,  # then until every server is idle (at most 15 s)
+            "budget": 100 + storms * 95,
+        }
+        for t in targets
+    ]
+    say(f"8. reconnect storm: {n} visitors, {STORM_PER_ADDR}/address, {storms} storm(s) each ", end="")
+    try:
+        results = run_loadgen(jobs, ctx.loadgen_core, 60 + len(jobs) * (110 + storms * 95), progress)
+    finally:
+        for t in own:
+            t.stop()
+    say()
+    by = {r["label"].split("|")[0]: r for r in results if r.get("ok")}
+
+    def sm(key: str, sub: str | None = None) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for t in TARGETS:
+            ss = by.get(t, {}).get("storms", [])
+            out[t] = med((s.get(key) or {}).get(sub) if sub else s.get(key) for s in ss) if ss else None
+        return out
+
+    case = f"{n} visitors, {STORM_PER_ADDR}/address, jitter 0-{STORM_JITTER * 1000:.0f} ms"
+    back = {
+        t: (min(s.get("admitted", 0) for s in by[t]["storms"]) if by.get(t, {}).get("storms") else None)
+        for t in TARGETS
+    }
+    rows = [
+        row(
+            "8 storm",
+            case,
+            "re-admitted (fewest of the storms)",
+            "",
+            back,
+            "higher",
+            f"{n}",
+            check(back["relay"], ">=", n),
+        ),
+        row("8 storm", case, "storm time (drop -> all admitted)", "s", sm("storm_s")),
+        row("8 storm", case, "reconnects/s over the storm", "/s", sm("handshakes_per_s"), "higher"),
+        row("8 storm", case, "p50 admitted after drop", "ms", sm("admitted_after_drop_ms", "p50")),
+        row("8 storm", case, "p99 admitted after drop", "ms", sm("admitted_after_drop_ms", "p99")),
+        row("8 storm", case, "client wait p50 (own start -> admitted)", "ms", sm("client_wait_ms", "p50")),
+        row("8 storm", case, "client wait p99", "ms", sm("client_wait_ms", "p99")),
+        row("8 storm", case, "server CPU during storm", "s", sm("server_cpu_s")),
+        row("8 storm", case, "server CPU per reconnect", "µs", sm("server_us_per_reconnect")),
+        row("8 storm", case, "retried attempts", "", sm("retries"), "lower"),
+        row(
+            "8 storm",
+            case,
+            "initial connect (not measured)",
+            "s",
+            {t: by.get(t, {}).get("connect_s") for t in TARGETS},
+            "info",
+        ),
+        row("8 storm", case, "loadgen CPU during storm", "%", sm("loadgen_cpu_pct"), "info"),
+    ]
+    notes += base_notes(ctx, results)
+    notes.append(
+        f"every reconnect starts at drop + U(0, {STORM_JITTER * 1000:.0f} ms) (seeded), so the storm time is at "
+        f"least ~{STORM_JITTER:.1f} s. Clients act like relay/web/src/sdk.js: no client-side timeout on an attempt "
+        "(a browser WebSocket has none), a failed or closed attempt retried after 0.5 s doubling to 15 s "
+        "(the second half of each step jittered)"
+    )
+    notes.append(
+        "relay: started fresh for this scenario with every limit at its default (MAX_SOCKETS_PER_IP, "
+        "NEW_VISITORS_PER_IP, RATE_*, HANDSHAKE_TIMEOUT...), ALLOWED_ORIGINS=" + ORIGIN + "; admitted = WELCOME, "
+        "then PRESENCE sent as the SDK does. Baselines: admitted = upgrade + first message (the HELLO bytes) + a "
+        "websocket PING answered (they send nothing else), then PRESENCE bytes"
+    )
+    for t, r in by.items():
+        for i, s in enumerate(r.get("storms", [])):
+            if s.get("warning"):
+                notes.append(f"{t} storm {i + 1}: {s['warning']}: its figures are the generator's limit")
+            if s.get("failures"):
+                notes.append(
+                    f"{t} storm {i + 1}: failed attempts {s['failures']} e.g. {s.get('failure_samples', [])[:2]}"
+                )
+            if s.get("storm_s") is None:
+                notes.append(f"{t} storm {i + 1}: only {s.get('admitted')}/{n} admitted within the storm budget")
+    return {"title": "8. Reconnect storm", "rows": rows, "runs": results, "notes": notes[:30]}
+
+
+# --- 9. flood -----------------------------------------------------------------------------------
+FLOOD_CASES = {
+    "ping": "PING flood",
+    "presence": "PRESENCE flood",
+    "ordered": "60 KiB DOM_DELTA flood",
+}
+
+
+def flood(ctx: Ctx) -> dict[str, Any]:
+    """One live session's latency, quiet and while another visitor floods the server.
+
+    Session A: visitor -> 1 viewer, 50 frames/s of 1 KiB, each frame's latency
+    recorded: ``quiet`` s alone, then ``flood_s`` s while visitor B (another
+    process on the load generator's core at a lower priority, another source
+    address) floods as fast as it can and reconnects 20 ms after each close.
+    The relay runs fresh with its limits at their defaults: B should be closed
+    with 4004 (RATE_LIMITED). One run per kind and target.
+    """
+    kinds = ("ping", "ordered") if ctx.quick else ("ping", "presence", "ordered")
+    quiet = 2.0 if ctx.quick else 4.0
+    flood_s = 2.0 if ctx.quick else 4.0
+    rate = 50
+    targets, own, notes = _limited_targets(ctx, "flood")
+    jobs = [
+        {
+            **t.spec(),
+            "type": "flood",
+            "label": f"{t.name}|{kind}|0",
+            "flood": kind,
+            "rate": rate,
+            "frame": KiB,
+            "flood_frame": 60 * KiB,
+            "quiet": quiet,
+            "flood_s": flood_s,
+            "warmup": 0.5,
+            "flood_core": ctx.loadgen_core,
+            "settle_pids": [x.server.pid for x in targets if x.server is not None],
+            "drain": 5,
+            "budget": 90,
+        }
+        for kind in kinds
+        for t in targets
+        # the baselines parse nothing: a PRESENCE flood is a PING flood with bigger frames to them
+        if kind != "presence" or t.name == "relay"
+    ]
+    say(f"9. flood: 1->1 at {rate}/s, {quiet:.0f} s quiet then {flood_s:.0f} s flooded ({', '.join(kinds)}) ", end="")
+    try:
+        results = run_loadgen(jobs, ctx.loadgen_core, 60 + len(jobs) * (quiet + flood_s + 55), progress)
+    finally:
+        for t in own:
+            t.stop()
+    say()
+    g = group(results)
+    rows = []
+    for kind in kinds:
+        case = FLOOD_CASES[kind]
+        by = {t: next(iter(g.get((t, kind)) or []), None) for t in TARGETS}
+        ok = {t: r for t, r in by.items() if r is not None and r.get("ok")}
+
+        def v(*path: str, _ok: dict[str, dict[str, Any]] = ok) -> dict[str, float | None]:
+            out: dict[str, float | None] = {}
+            for t in TARGETS:
+                x: Any = _ok.get(t)
+                for p in path:
+                    x = x.get(p) if isinstance(x, dict) else None
+                out[t] = x
+            return out
+
+        p99r = v("p99_ratio")
+        rows += [
+            row("9 flood", case, "A p50 quiet", "µs", v("quiet", "latency", "p50_us")),
+            row("9 flood", case, "A p50 under flood", "µs", v("flood", "latency", "p50_us")),
+            row("9 flood", case, "A p99 quiet", "µs", v("quiet", "latency", "p99_us")),
+            row("9 flood", case, "A p99 under flood", "µs", v("flood", "latency", "p99_us")),
+            row("9 flood", case, "A p99 flood/quiet", "x", p99r, "lower", "<=1.5x", check(p99r["relay"], "<=", 1.5)),
+            row("9 flood", case, f"A deliveries/s under flood (of {rate})", "/s", v("flood", "del_per_s"), "higher"),
+        ]
+        lost = {t: (None if t not in ok else ok[t].get("lost", 0) + ok[t].get("undelivered", 0)) for t in TARGETS}
+        rows.append(row("9 flood", case, "A lost frames", "", lost, "lower", "0", check(lost["relay"], "<=", 0)))
+        rows += [
+            row("9 flood", case, "server CPU quiet", "%", v("quiet", "server_cpu_pct"), "info"),
+            row("9 flood", case, "server CPU under flood", "%", v("flood", "server_cpu_pct"), "info"),
+            row("9 flood", case, "B sent", "frames/s", v("flooder", "frames_per_s"), "info"),
+            row("9 flood", case, "B sent", "MiB/s", v("flooder", "mib_per_s"), "info"),
+            row("9 flood", case, "B connections", "", v("flooder", "connects"), "info"),
+        ]
+        closes = v("flooder", "closed")
+        codes = {t: (ok[t].get("flooder") or {}).get("close_codes") for t in ok}
+        text = {
+            t: (", ".join(f"{c} x{k}" for c, k in sorted(cs.items())) or "never closed")
+            for t, cs in codes.items()
+            if cs is not None
+        }
+        rows.append(
+            {
+                **row("9 flood", case, "B closed by the server", "", closes, "info", "4004"),
+                "text": {t: text.get(t, "-") for t in TARGETS},
+                "met": (set((codes.get("relay") or {}).keys()) == {"4004"}) if "relay" in ok else None,
+            }
+        )
+        rows.append(row("9 flood", case, "B median socket life", "s", v("flooder", "median_lifetime_s"), "info"))
+    notes += base_notes(ctx, results)
+    notes.append(
+        "A (the measured session) and B (the flooder) run in two processes on the load generator's core; B at "
+        "nice +10 from A so its flooding does not delay A's own sends and receives. B uses source address "
+        "127.200.0.1, A 127.0.0.1. B reconnects 20 ms after every close with the same client id, as a hostile "
+        "client would; the ordered variant floods its own live session (one viewer, reading) with 60 KiB deltas"
+    )
+    notes.append(
+        "relay: started fresh for this scenario with every limit at its default (RATE_CONTROL, RATE_CONTENT, "
+        "RATE_BYTES, RATE_BURST, MAX_SOCKETS_PER_IP...); the baselines have no limits, so their B is never closed. "
+        f"One run per kind and target ({quiet:.0f} s quiet, {flood_s:.0f} s flooded: ~{rate * quiet:.0f} frames "
+        "each, so p99 is close to the largest few); the PRESENCE flood runs against the relay only"
+    )
+    for r in results:
+        fl = r.get("flooder") or {}
+        if fl.get("error") or fl.get("errors") or fl.get("connect_errors"):
+            notes.append(
+                f"{r['label']}: flooder {fl.get('error') or ''} errors {fl.get('errors', [])[:2]} "
+                f"connect errors {fl.get('connect_errors')} {fl.get('connect_error_samples', [])[:1]}"
+            )
+        if r.get("a_closed"):
+            notes.append(f"{r['label']}: A itself was closed {r['a_closed']}")
+    return {"title": "9. Flood", "rows": rows, "runs": strip_flood(results), "notes": notes[:30]}
+
+
+def strip_flood(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in results:
+        r = dict(r)
+        for ph in ("quiet", "flood"):
+            if isinstance(r.get(ph), dict) and "latency" in r[ph]:
+                r[ph] = {**r[ph], "latency": {k: x for k, x in r[ph]["latency"].items() if k != "cdf_us"}}
+        out.append(r)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "saturated": saturated,
     "paced": paced,
@@ -944,6 +1216,8 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "slow": slow,
     "join": join,
     "idle": idle,
+    "storm": storm,
+    "flood": flood,
 }
-QUICK = ("saturated", "paced")
-ALL = ("saturated", "paced", "fanout", "sessions", "slow", "join", "idle")
+QUICK = ("saturated", "paced", "storm", "flood")
+ALL = ("saturated", "paced", "fanout", "sessions", "slow", "join", "storm", "flood", "idle")

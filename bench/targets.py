@@ -12,12 +12,27 @@ from typing import Any
 
 from bench.proc import Server, child_setup, free_port, wait_port
 
-__all__ = ["TARGETS", "BASELINES", "Target", "start_target", "REPO", "SECRET"]
+__all__ = ["TARGETS", "BASELINES", "ORIGIN", "LIFTED", "Target", "start_target", "REPO", "SECRET"]
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-key-0123456789abcdefghijklmnop"  # >= 32 chars; signs grants offline
 TARGETS = ("relay", "websockets", "picows")
 BASELINES = ("websockets", "picows")
+ORIGIN = "http://127.0.0.1"  # the Origin header every load generator socket sends
+
+# Scenarios 1-7 measure forwarding, so the relay they share runs with the
+# per-address and per-socket limits (relay/settings.py) lifted: one source
+# address opens up to 20,000 sockets there and one visitor sends up to ~200,000
+# frames/s, which the defaults would refuse (the limits' bookkeeping still runs).
+# Scenarios 8 (storm) and 9 (flood) start a relay of their own with every limit
+# at its default (``limits=True``).
+LIFTED = {
+    "MAX_SOCKETS_PER_IP": "10000000",
+    "NEW_VISITORS_PER_IP": "10000000",
+    "RATE_CONTROL": "1000000000",
+    "RATE_CONTENT": "1000000000",
+    "RATE_BYTES": "1000000000000",
+}
 
 
 @dataclass
@@ -66,8 +81,12 @@ def _wait_health(port: int, server: Server, timeout: float = 20.0) -> None:
     raise TimeoutError(f"/health not 200 after {timeout}s ({last})")
 
 
-def start_target(name: str, core: int | None, log_dir: Path) -> Target:
-    """Start one server; on failure return a Target whose ``error`` says why."""
+def start_target(name: str, core: int | None, log_dir: Path, *, limits: bool = False) -> Target:
+    """Start one server; on failure return a Target whose ``error`` says why.
+
+    ``limits`` (the relay only): every limit at its default and ALLOWED_ORIGINS
+    naming the load generator's Origin, instead of :data:`LIFTED` and ``*``.
+    """
     port = free_port()
     py = sys.executable
     t = Target(name, "relay" if name == "relay" else "raw")
@@ -80,11 +99,13 @@ def start_target(name: str, core: int | None, log_dir: Path) -> Target:
                 "REST_KEY": "bench",
                 "SECRET_KEY": SECRET,
                 "DATA_DIR": t.tmp.name,
-                "ALLOWED_ORIGINS": "*",
+                "ALLOWED_ORIGINS": ORIGIN if limits else "*",
                 "LOG_LEVEL": "warning",
             }
+            if not limits:
+                env.update(LIFTED)
             t.server = Server(
-                name,
+                f"{name}-limits" if limits else name,
                 [py, "-m", "relay"],
                 port,
                 env=env,

@@ -186,3 +186,152 @@ def test_direct_one_hop_path() -> None:
     assert r["ok"], r
     assert r["lost"] == 0 and r["dup"] == 0
     assert r["latency"]["n"] > 20
+
+
+# --- 8. reconnect storm, 9. flood ----------------------------------------------------------
+def test_storm_addresses_are_distinct_loopback_addresses() -> None:
+    import ipaddress
+
+    addrs = [loadgen.storm_addr(i) for i in range(600)]
+    assert len(set(addrs)) == 600
+    assert all(ipaddress.ip_address(a) in ipaddress.ip_network("127.0.0.0/8") for a in addrs)
+    assert not any(a.endswith((".0", ".255")) for a in addrs)
+
+
+def test_storm_against_baseline(baseline: str) -> None:
+    import uvloop
+
+    spec = {
+        "type": "storm",
+        "mode": "raw",
+        "url": baseline,
+        "count": 40,
+        "per_addr": 10,
+        "jitter": 0.1,
+        "storms": 2,
+        "settle": 0.1,
+        "storm_budget": 20,
+        "server_pid": os.getpid(),  # any live pid: only the bookkeeping is checked
+    }
+    r = uvloop.run(loadgen.run_job(spec))
+    assert r["ok"], r
+    assert r["connected"] == 40 and r["addresses"] == 4
+    assert len(r["storms"]) == 2
+    for s in r["storms"]:
+        assert s["admitted"] == 40, s
+        assert s["storm_s"] is not None and s["storm_s"] >= s["admitted_after_drop_ms"]["p50"] / 1000
+        assert len(s["admitted_curve_ms"]) == 20 and s["admitted_curve_ms"] == sorted(s["admitted_curve_ms"])
+        assert s["client_wait_ms"]["max"] <= s["admitted_curve_ms"][-1]
+        assert "server_cpu_s" in s and s["handshakes_per_s"] > 0
+
+
+def test_storm_sockets_come_from_their_addresses() -> None:
+    """Each storm visitor connects from its own loopback address, 'per_addr' to an address."""
+    import uvloop
+
+    seen: list[str] = []
+
+    async def go() -> dict[str, object]:
+        from picows import WSListener, WSTransport, WSUpgradeRequest, ws_create_server
+
+        class Answer(WSListener):
+            def on_ws_connected(self, transport: WSTransport) -> None:
+                seen.append(transport.underlying_transport.get_extra_info("peername")[0])
+
+        def factory(_req: WSUpgradeRequest) -> WSListener:
+            return Answer()
+
+        server = await ws_create_server(factory, "127.0.0.1", 0, enable_auto_pong=True)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            spec = {"type": "storm", "mode": "raw", "url": f"ws://127.0.0.1:{port}", "count": 6, "per_addr": 2}
+            return await loadgen.run_job({**spec, "storms": 1, "settle": 0.05, "jitter": 0.05})
+        finally:
+            server.close()
+
+    r = uvloop.run(go())
+    assert r["ok"], r
+    assert seen[:6].count(loadgen.storm_addr(0)) == 2 and len(set(seen[:6])) == 3
+    assert sorted(seen[6:]) == sorted(seen[:6])  # the reconnects, from the same addresses
+
+
+@pytest.mark.parametrize("kind", ["ping", "ordered"])
+def test_flood_against_baseline(baseline: str, kind: str) -> None:
+    import uvloop
+
+    spec = {
+        "type": "flood",
+        "mode": "raw",
+        "url": baseline,
+        "flood": kind,
+        "flood_frame": 8192,
+        "rate": 100,
+        "quiet": 0.4,
+        "flood_s": 0.4,
+        "warmup": 0.1,
+        "budget": 60,
+    }
+    r = uvloop.run(loadgen.run_job(spec))
+    assert r["ok"], r
+    assert r["lost"] == 0 and r["undelivered"] == 0 and r["a_closed"] == []
+    assert r["quiet"]["latency"]["n"] > 10 and r["flood"]["latency"]["n"] > 10
+    fl = r["flooder"]
+    assert fl["flood"] == kind
+    assert fl["frame_bytes"] == (8192 if kind == "ordered" else len(protocol.encode(protocol.Ping(t=1))))
+    assert fl["frames_sent"] > 0 and fl["connects"] == 1 and fl["close_codes"] == {}  # a baseline closes nothing
+    if kind == "ordered":  # B's own viewer received B's deltas
+        assert fl["viewer_received"] > 0
+
+
+def test_flooder_counts_closes_and_reconnects() -> None:
+    """A server that closes the flooder with 4004 after 50 frames: B reconnects and floods again."""
+    import uvloop
+
+    async def go() -> dict[str, object]:
+        from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+        class Limiter(WSListener):
+            n = 0
+
+            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+                if frame.msg_type is WSMsgType.BINARY:
+                    self.n += 1
+                    if self.n == 50:
+                        transport.send_close(4004, b"rate limit")
+                        transport.disconnect()
+
+        def factory(_req: WSUpgradeRequest) -> WSListener:
+            return Limiter()
+
+        server = await ws_create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        fl = loadgen.Flooder(loadgen.Job({"mode": "raw", "url": f"ws://127.0.0.1:{port}", "flood": "presence"}))
+        try:
+            await fl.setup()
+            rep = await fl.run(0.6, lambda: None)
+        finally:
+            await fl.close()
+            server.close()
+        return rep
+
+    rep = uvloop.run(go())
+    assert rep["connects"] >= 3, rep
+    assert rep["close_codes"].get("4004", 0) >= 2 and set(rep["close_codes"]) == {"4004"}, rep
+    assert rep["closed"] == sum(rep["close_codes"].values())
+    assert rep["median_lifetime_s"] is not None
+
+
+def test_table_names_scenarios_measured_at_another_time() -> None:
+    from bench import report
+
+    data = {
+        "date": "D2",
+        "command": "python -m bench storm",
+        "scenarios": {
+            "paced": {"title": "2. Paced latency", "rows": [], "date": "D1", "command": "python -m bench all"},
+            "storm": {"title": "8. Reconnect storm", "rows": [], "date": "D2", "command": "python -m bench storm"},
+        },
+    }
+    assert report.provenance(data) == ["Measured at another time: scenario 2 on D1 with `python -m bench all`."]
+    data["scenarios"]["paced"].update(date="D2", command="python -m bench storm")
+    assert report.provenance(data) == []
