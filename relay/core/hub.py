@@ -411,6 +411,8 @@ class Room:
         if new == self.visitor_allow:
             return
         self.visitor_allow = new
+        if self.state is not None:
+            self.hub.listener.session_changed(self)
         for v in self.viewers:
             slot = self.slots.get(v.id)
             if slot is not None:
@@ -515,8 +517,9 @@ class Room:
                     peer.send(Error(code="forbidden", message=f"{perm.value} is not granted"))
                 return
             decode(data, self.hub.config.limits)  # control frames are small: validate for the visitor
-            if perm is not None:
+            if perm is not None and perm.value not in self.features:
                 self.features.add(perm.value)
+                self.hub.listener.session_changed(self)  # stored: it survives a crash
             if self.visitor is not None and self.state is SessionState.LIVE:
                 self.visitor.outbox.send(data, _CONTROL, h.kind)
         elif h.info.senders.isdisjoint(_VIEWER_ROLE):
@@ -598,11 +601,15 @@ class Hub:
             if room.visitor is None and left is not None and now - left > cfg.resume_window:
                 room.end_session("visitor_gone")
                 continue
+            expired = False
             for slot in list(room.slots.values()):
                 if slot.peer is None and slot.left_at is not None and now - slot.left_at > cfg.resume_window:
                     del room.slots[slot.viewer_id]
+                    expired = True
             if room.state is not None and not room.slots:
                 room.end_session("agent_left")
+            elif expired:
+                self.listener.session_changed(room)
 
     def close_all(self, code: int, reason: str) -> None:
         for peer in list(self.peers()):

@@ -34,10 +34,7 @@ from .conftest import (
     wait_for,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.xfail(strict=False, reason="waiting for wiring (service._record, lifespan restore)"),
-]
+pytestmark = [pytest.mark.browser]
 
 HELLO, DOM_KEYFRAME, RESYNC_REQUEST = 0x01, 0x10, 0x54
 

@@ -237,9 +237,6 @@ def test_a_visitor_that_already_has_a_session_keeps_it() -> None:
 
 
 # --- real relays ----------------------------------------------------------------------------
-wiring = pytest.mark.xfail(strict=False, reason="waiting for wiring (service._record, lifespan restore)")
-
-
 def _wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -316,17 +313,14 @@ def restart_scenario(relay_factory: Any, tmp_path: Path, sig: signal.Signals, vi
     assert session["id"] == seen["session"] and session["ended_at"] is None
 
 
-@wiring
 def test_after_a_sigterm_restart_visitor_and_viewer_resume_the_same_session(relay_factory: Any, tmp_path: Path) -> None:
     restart_scenario(relay_factory, tmp_path, signal.SIGTERM, viewer_first=True)
 
 
-@wiring
 def test_after_a_sigkill_restart_visitor_and_viewer_resume_the_same_session(relay_factory: Any, tmp_path: Path) -> None:
     restart_scenario(relay_factory, tmp_path, signal.SIGKILL, viewer_first=False)
 
 
-@wiring
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_restored_session_nobody_returns_to_is_closed_with_a_reason_when_the_window_passes(
     relay_factory: Any, tmp_path: Path, sig: signal.Signals
@@ -358,7 +352,6 @@ def test_a_restored_session_nobody_returns_to_is_closed_with_a_reason_when_the_w
     assert [s for s in stored_sessions(data) if s["ended"] is None] == []
 
 
-@wiring
 def test_an_open_session_that_cannot_be_restored_is_closed_at_start_up(relay_factory: Any, tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = relay_factory(data_dir=data).start()
