@@ -50,17 +50,17 @@ typecheck: install
 unit: install
 	$(PY) -m pytest -q
 
-# Every Python process of the run (pytest and each relay it starts) writes its own
-# coverage data (coverage's .pth reads COVERAGE_PROCESS_START); they are combined
-# into one report at the end (data under build/, ignored). The exit status is the tests'.
+# pytest runs under coverage, and so does every relay the test harness starts
+# (tests/conftest.py passes COVERAGE_PROCESS_START to them; coverage's .pth reads it);
+# their data files are combined into one report at the end (under build/, ignored).
+# The exit status is the tests'.
 COVERAGE_DATA := $(CURDIR)/build/coverage
-COVERAGE_ENV := COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml COVERAGE_FILE=$(COVERAGE_DATA)/.coverage
 
 test: install web lint typecheck
 	@rm -rf $(COVERAGE_DATA) && mkdir -p $(COVERAGE_DATA)
-	@status=0; $(COVERAGE_ENV) $(PY) -m pytest -q || status=$$?; \
-	export $(COVERAGE_ENV); $(PY) -m coverage combine -q && $(PY) -m coverage report \
-		|| { [ $$status -ne 0 ] || status=1; }; \
+	@export COVERAGE_FILE=$(COVERAGE_DATA)/.coverage; status=0; \
+	$(PY) -m coverage run -m pytest -q || status=$$?; \
+	$(PY) -m coverage combine -q && $(PY) -m coverage report || { [ $$status -ne 0 ] || status=1; }; \
 	exit $$status
 
 bench: install web

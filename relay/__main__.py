@@ -54,7 +54,10 @@ def usage() -> str:
     indent = " " * (2 + name_w + default_w)
     for name, (default, meaning) in VARIABLES.items():
         head = f"  {name:<{name_w}}{default:<{default_w}}"
-        lines.extend(textwrap.wrap(meaning, 120, initial_indent=head, subsequent_indent=indent))
+        wrapped = textwrap.wrap(
+            meaning, 120, initial_indent=head, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False
+        )
+        lines.extend(wrapped)
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,7 @@ INHERITED = (
     "VIRTUAL_ENV",
     "COVERAGE_PROCESS_START",
     "COVERAGE_FILE",
+    "COVERAGE_RCFILE",
 )
 BANNER = re.compile(r"^cobrowse-relay on http://(?:\[[^\]]+\]|[^:/\s]+):(\d+)$", re.M)
 
@@ -59,8 +60,23 @@ def free_port() -> int:
 
 
 def base_env(**env: str) -> dict[str, str]:
-    """The allow-listed part of this process's environment, plus ``env``."""
-    return {**{k: os.environ[k] for k in INHERITED if k in os.environ}, **env}
+    """The allow-listed part of this process's environment, plus ``env``; when this run
+    is measured by coverage (``coverage run -m pytest``), the relays it starts are too."""
+    inherited = {k: os.environ[k] for k in INHERITED if k in os.environ}
+    return {**inherited, **_coverage_env(), **env}
+
+
+def _coverage_env() -> dict[str, str]:
+    """COVERAGE_PROCESS_START for a child when this process is measured: coverage's .pth
+    then measures the child with the same configuration (parallel data files)."""
+    try:
+        import coverage
+    except ImportError:
+        return {}
+    current = coverage.Coverage.current()
+    if current is None or not current.config.config_file:
+        return {}
+    return {"COVERAGE_PROCESS_START": str(current.config.config_file)}
 
 
 class Relay:
