@@ -138,7 +138,79 @@ export function frameLimit(info) {
 
 // ignoreUndefined: a field is never written as nil by accident.
 const encoder = new Encoder({ ignoreUndefined: true });
-const decoder = new Decoder({ maxStrLength: LIMITS.maxString * 4, maxArrayLength: LIMITS.maxList, maxMapLength: 64 });
+// The payload decoder refuses what protocol/codec.py refuses, anywhere in the
+// map (unknown fields included: the relay forwards visitor frames undecoded, so
+// this is the only check a viewer's frames get): ext types (timestamps too),
+// non-string keys, invalid UTF-8, nesting past MAX_DEPTH containers, and an
+// integral float where an int belongs. @msgpack/msgpack accepts all of these,
+// so the hooks below override its (pinned, 3.x) Decoder methods.
+const MAX_DEPTH = 1024; // containers, as msgpack-python's unpacker stack
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A float read from the wire whose value is integral: a `num`, never an `int`. */
+class WireFloat {
+  constructor(value) {
+    this.value = value;
+  }
+}
+const wireFloat = (v) => (Number.isInteger(v) ? new WireFloat(v) : v);
+
+class StrictDecoder extends Decoder {
+  decodeUtf8String(byteLength, headerOffset) {
+    const start = this.pos + headerOffset;
+    if (this.bytes.byteLength < start + byteLength) throw new ProtocolError('truncated', 'string');
+    if (byteLength > this.maxStrLength) throw new ProtocolError('too_long', `string of ${byteLength} bytes`);
+    let text;
+    try {
+      text = utf8.decode(this.bytes.subarray(start, start + byteLength));
+    } catch {
+      throw new ProtocolError('malformed', 'invalid UTF-8');
+    }
+    this.pos = start + byteLength;
+    return text;
+  }
+
+  pushArrayState(size) {
+    if (size > this.maxArrayLength) throw new ProtocolError('too_long', `array of ${size}`);
+    if (this.stack.length >= MAX_DEPTH) throw new ProtocolError('too_deep');
+    super.pushArrayState(size);
+  }
+
+  pushMapState(size) {
+    if (size > this.maxMapLength) throw new ProtocolError('too_long', `map of ${size}`);
+    if (this.stack.length >= MAX_DEPTH) throw new ProtocolError('too_deep');
+    super.pushMapState(size);
+  }
+
+  decodeExtension(size) {
+    throw new ProtocolError('ext_type', `ext of ${size} bytes`);
+  }
+
+  readF32() {
+    return wireFloat(super.readF32());
+  }
+
+  readF64() {
+    return wireFloat(super.readF64());
+  }
+}
+
+const decoder = new StrictDecoder({
+  maxStrLength: LIMITS.maxString * 4,
+  maxArrayLength: LIMITS.maxList,
+  maxMapLength: 64,
+  mapKeyConverter(key) {
+    if (typeof key !== 'string') throw new ProtocolError('bad_key', typeof key);
+    return key;
+  },
+});
+
+function payloadError(e) {
+  if (e instanceof ProtocolError) return e;
+  const text = String(e && e.message);
+  if (e instanceof RangeError) return new ProtocolError(text.startsWith('Extra ') ? 'trailing_bytes' : 'truncated', text);
+  return new ProtocolError('malformed', text);
+}
 
 function toBytes(data) {
   if (data instanceof Uint8Array) return data;
@@ -164,6 +236,7 @@ export function peek(data) {
 }
 
 function checkNum(v, name) {
+  if (v instanceof WireFloat) v = v.value;
   if (typeof v !== 'number') throw new ProtocolError('wrong_type', name);
   if (!Number.isFinite(v)) throw new ProtocolError('not_finite', name);
   if (Math.abs(v) > LIMITS.coordMax) throw new ProtocolError('out_of_range', name);
@@ -203,7 +276,8 @@ const CHECKS = {
   },
   P(v, name) {
     return checkList(v, name).map((p) => {
-      if (!Array.isArray(p) || p.length !== 2) throw new ProtocolError('bad_value', name);
+      if (!Array.isArray(p)) throw new ProtocolError('wrong_type', name);
+      if (p.length !== 2) throw new ProtocolError('bad_value', name);
       return [checkNum(p[0], name), checkNum(p[1], name)];
     });
   },
@@ -245,7 +319,7 @@ export function decode(data) {
   try {
     body = decoder.decode(bytes.subarray(HEADER_SIZE));
   } catch (e) {
-    throw new ProtocolError('malformed', String(e && e.message));
+    throw payloadError(e);
   }
   if (body === null || typeof body !== 'object' || Array.isArray(body) || body instanceof Uint8Array) {
     throw new ProtocolError('not_a_map');
