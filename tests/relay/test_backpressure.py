@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import socket
+import struct
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 import protocol as p
 
-from .client import TIMEOUT, Peer, live_session, run, watch_token
+from .client import TIMEOUT, Peer, live_session, run, visitor, watch_token
 
 FRAME = 60 * 1024  # under the 64 KiB delta limit
 COUNT = 300  # 18 MiB: far past kernel buffers, the 256 KiB high-water mark and the 1 MiB ordered limit
@@ -77,7 +83,7 @@ def test_stuck_viewer_does_not_slow_the_visitor_or_the_fast_viewer(relay: Any) -
 
 
 def test_viewer_stuck_past_the_slow_timeout_is_closed_with_4001(relay_factory: Any) -> None:
-    relay = relay_factory(SLOW_TIMEOUT="1").start()
+    relay = relay_factory(SLOW_TIMEOUT="1", LOG_LEVEL="info").start()
 
     async def scenario() -> None:
         vis, fast, slow = await _fill(relay, "BACKP00002")
@@ -85,9 +91,178 @@ def test_viewer_stuck_past_the_slow_timeout_is_closed_with_4001(relay_factory: A
             await vis.send(p.DomDelta(data=b"x" * FRAME))
         for _ in range(60):
             await fast.recv_frame()
-        await asyncio.sleep(3.0)
+        # Reading would un-stick the viewer: wait until the relay says it closed it
+        # (its log line), then read up to the close frame queued behind the backlog.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10 * TIMEOUT
+        while "closing slow viewer" not in relay.log():
+            assert loop.time() < deadline, "the stuck viewer was never closed as slow"
+            await asyncio.sleep(0.05)
         assert await slow.closed(TIMEOUT) == p.CloseCode.SLOW_CONSUMER
         await vis.send(p.DomDelta(data=b"fine"))
         assert await fast.expect(p.DomDelta) == p.DomDelta(data=b"fine")
+
+    run(scenario())
+
+
+# --- the QUEUE_MAX_BYTES threshold itself ---------------------------------------------------
+class RawViewer:
+    """A viewer on a bare socket: between the test's reads nothing buffers it but the kernel.
+
+    (A websockets client reads ahead into its own buffers, so how much a "stuck" one
+    absorbs is not known; this one absorbs its small receive buffer and no more.)
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    @classmethod
+    async def open(cls, relay: Any, token: str) -> RawViewer:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", relay.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(
+            sock,
+            (
+                "GET /ws/viewer HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
+        viewer = cls(sock)
+        async with asyncio.timeout(TIMEOUT):
+            while b"\r\n\r\n" not in viewer.buf:
+                viewer.buf += await viewer._read()
+        head, _, viewer.buf = viewer.buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        await viewer.send(p.encode(p.Hello(role="viewer", version=p.PROTOCOL_VERSION, token=token)))
+        return viewer
+
+    async def _read(self) -> bytes:
+        chunk = await asyncio.get_running_loop().sock_recv(self.sock, 256 * 1024)
+        if not chunk:
+            raise ConnectionError("the relay closed the connection")
+        return chunk
+
+    async def send(self, payload: bytes) -> None:
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([0x82]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(self.sock, head + mask + body)
+
+    async def recv_frame(self, timeout: float = TIMEOUT) -> bytes:
+        """The next binary message (pings and other control frames are skipped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = self._parse()
+                if frame is None:
+                    self.buf += await self._read()
+                    continue
+                opcode, payload = frame
+                if opcode == 0x8:
+                    raise ConnectionError(f"closed by the relay: {payload[:2].hex()}")
+                if opcode == 0x2:
+                    return payload
+
+    def _parse(self) -> tuple[int, bytes] | None:
+        buf = self.buf
+        if len(buf) < 2:
+            return None
+        opcode, n, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                return None
+            n, at = struct.unpack(">H", buf[2:4])[0], 4
+        elif n == 127:
+            if len(buf) < 10:
+                return None
+            n, at = struct.unpack(">Q", buf[2:10])[0], 10
+        if len(buf) < at + n:
+            return None
+        self.buf = buf[at + n :]
+        return opcode, buf[at : at + n]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _kernel_send_buffer_max() -> int:
+    """The most a relay's kernel send buffer can grow to (net.ipv4.tcp_wmem's maximum)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 8 * 1024 * 1024
+
+
+def _delta(size: int, i: int) -> bytes:
+    """A DOM_DELTA frame of exactly ``size`` bytes, tagged with ``i``."""
+    overhead = len(p.encode(p.DomDelta(data=b""))) + 1  # bin8 -> bin16 length for these sizes
+    frame = p.encode(p.DomDelta(data=i.to_bytes(4, "big") + b"d" * (size - overhead - 4)))
+    assert len(frame) == size, len(frame)
+    return frame
+
+
+DELTA = 1000  # bytes per held frame
+HELD = 70  # frames held: 70,000 bytes of ordered frames, just over the 64 KiB minimum limit
+
+
+@pytest.mark.parametrize(
+    ("limit", "resynced"),
+    [(DELTA * HELD, False), (DELTA * HELD - 1, True)],
+    ids=["limit-equal-to-the-held-bytes", "limit-one-byte-under-the-held-bytes"],
+)
+def test_a_viewer_is_resynchronised_once_its_held_ordered_bytes_pass_queue_max_bytes_and_not_before(
+    relay_factory: Any, limit: int, resynced: bool
+) -> None:
+    # The viewer's link is first backed up past its high-water mark by one big
+    # latest-class frame (a SCREEN_FRAME bigger than every kernel buffer between
+    # the relay and a viewer that reads nothing), so that every ordered byte after
+    # it is held by the relay and counted against QUEUE_MAX_BYTES.
+    screen = _kernel_send_buffer_max() + 1024 * 1024
+    relay = relay_factory(
+        QUEUE_MAX_BYTES=str(limit),
+        MAX_KEYFRAME=str(screen + 64 * 1024),
+        MAX_INFLIGHT_BYTES=str(max(64 * 1024 * 1024, 2 * (screen + 64 * 1024))),
+        SLOW_TIMEOUT="120",
+        PING_INTERVAL="600",
+    ).start()
+
+    async def scenario() -> None:
+        vis, _ = await visitor(relay, "QUEUE00001")
+        raw = await RawViewer.open(relay, watch_token(relay, "QUEUE00001"))
+        try:
+            assert isinstance(p.decode(await raw.recv_frame()), p.Welcome)
+            req = await vis.expect(p.SessionRequest)
+            await vis.send(p.SessionAccept(session=req.session))
+            assert isinstance(p.decode(await raw.recv_frame()), p.SessionAccept)
+            await vis.send(p.DomKeyframe(data=b"K"))
+            assert p.peek(await raw.recv_frame()).seq == 1
+            # From here the viewer reads nothing until every frame is sent.
+            await vis.send(p.ScreenFrame(mime="image/png", width=1, height=1, image=bytes(screen)))
+            await vis.send(p.Ping(t=1))
+            assert await vis.expect(p.Pong) == p.Pong(t=1)  # relayed and flushed: the link is backed up
+            for i in range(HELD):
+                await vis.raw(_delta(DELTA, i))
+            await vis.send(p.Ping(t=2))
+            assert await vis.expect(p.Pong) == p.Pong(t=2)  # every delta routed while the viewer read nothing
+
+            assert p.peek(await raw.recv_frame()).kind is p.Kind.SCREEN_FRAME
+            seen: list[tuple[p.Kind, int]] = []
+            for _ in range(HELD + 2):  # bounded: the deltas, plus the keyframe of a resync
+                h = p.peek(await raw.recv_frame())
+                seen.append((h.kind, h.seq))
+                if h.seq == HELD + 1:
+                    break
+            deltas = [(p.Kind.DOM_DELTA, seq) for seq in range(2, HELD + 2)]
+            if resynced:
+                assert seen == [(p.Kind.DOM_KEYFRAME, 1), *deltas]
+            else:
+                assert seen == deltas
+        finally:
+            raw.close()
 
     run(scenario())

@@ -15,9 +15,27 @@ from relay.core.grants import Signer
 from .client import rest, run, visitor
 
 
+async def _handled(peer: Any, t: int) -> None:
+    """Everything ``peer`` sent before is handled once its PING is answered."""
+    await peer.send(p.Ping(t=t))
+    assert await peer.expect(p.Pong) == p.Pong(t=t)
+
+
+async def _offline(relay: Any, short_id: str) -> dict[str, Any]:
+    """Poll (bounded) until the relay reports ``short_id`` offline; its record."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        status, body = rest(relay, "GET", f"/api/visitors/{short_id}")
+        if status == 200 and body["visitor"]["is_online"] is False:
+            return dict(body["visitor"])
+        assert loop.time() < deadline, f"{short_id} is still online: {body}"
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def people(relay: Any) -> dict[str, str]:
-    """Two visitors with presence, connected for the duration of the module."""
+    """Two visitors with presence, seen one after the other (Ann, then Bob), both offline now."""
 
     async def connect() -> None:
         ann, _ = await visitor(
@@ -37,18 +55,24 @@ def people(relay: Any) -> dict[str, str]:
                 lookup_code="4321",
             )
         )
+        await _handled(ann, 1)
+        await ann.close()
+        await _offline(relay, "APIANN0001")
         bob, _ = await visitor(relay, "APIBOB0001")
         await bob.send(p.Presence(url="https://shop.example/help", identities=("Bob",), lookup_code="9876"))
-        await asyncio.sleep(0.3)
+        await _handled(bob, 2)
+        await bob.close()
+        await _offline(relay, "APIBOB0001")
 
-    run(connect())  # sockets close at the end; the store keeps the visitors
+    run(connect())  # the store keeps the visitors
     return {"ann": "APIANN0001", "bob": "APIBOB0001"}
 
 
 def test_requests_without_the_key_get_401_invalid_api_key(relay: Any, people: dict[str, str]) -> None:
     for key in (None, "wrong", relay.rest_key + "x", ""):
         status, body = rest(relay, "GET", "/api/visitors/list/latest", key=key)
-        assert (status, body) == (401, {"status": "error", "error": "invalid_api_key"})
+        assert (status, body["status"], body["error"]) == (401, "error", "invalid_api_key")
+        assert set(body) == {"status", "error", "message"} and body["message"]
 
 
 def test_api_is_off_without_rest_key(relay_factory: Any) -> None:
@@ -97,8 +121,37 @@ def test_search_matches_free_text_and_field_terms(
     assert found == expected
 
 
-def test_empty_search_returns_the_latest(relay: Any, people: dict[str, str]) -> None:
-    assert rest(relay, "GET", "/api/visitors/list/search?search=") == rest(relay, "GET", "/api/visitors/list/latest")
+def test_empty_search_and_latest_list_online_visitors_first_then_the_most_recently_seen(
+    relay: Any, people: dict[str, str]
+) -> None:
+    # Carl comes online, then Dave comes and goes: Dave was seen last, but Carl is online.
+    async def arrive() -> None:
+        carl, _ = await visitor(relay, "APICARL001")
+        await _handled(carl, 3)
+        dave, _ = await visitor(relay, "APIDAVE001")
+        await _handled(dave, 4)
+        await dave.close()
+        await _offline(relay, "APIDAVE001")
+        expected = ["APICARL001", "APIDAVE001", people["bob"], people["ann"]]  # from the order of events
+        # The same order from each visitor's own record, as GET /api/visitors/<id> reports it.
+        records = {}
+        for short_id in expected:
+            status, body = rest(relay, "GET", f"/api/visitors/{short_id}")
+            assert status == 200
+            records[short_id] = {k: v for k, v in body["visitor"].items() if k != "sessions"}
+        assert records["APIDAVE001"]["last_seen_at"] > records["APICARL001"]["last_seen_at"]
+        by_rule = sorted(records, key=lambda i: records[i]["last_seen_at"], reverse=True)
+        by_rule.sort(key=lambda i: not records[i]["is_online"])  # stable: online first, then most recent
+        assert by_rule == expected
+        for query in ("/api/visitors/list/search?search=", "/api/visitors/list/search?search=%20%20"):
+            for path in (query, "/api/visitors/list/latest"):
+                status, body = rest(relay, "GET", path)
+                assert status == 200 and body["status"] == "ok"
+                listed = [v for v in body["visitors"] if v["short_id"] in records]
+                assert [v["short_id"] for v in listed] == expected, path
+                assert listed == [records[i] for i in expected], path
+
+    run(arrive())
 
 
 def test_get_visitor_returns_it_with_sessions_and_404_for_unknown(relay: Any, people: dict[str, str]) -> None:
@@ -195,6 +248,7 @@ def test_watch_url_rejects_malformed_json_and_unknown_visitors(relay: Any, peopl
 
 def test_unknown_api_paths_and_methods_answer_in_the_seed_error_shape(relay: Any) -> None:
     status, answer = rest(relay, "GET", "/api/nothing/here")
-    assert (status, answer) == (404, {"status": "error", "error": "not_found"})
+    assert (status, answer["status"], answer["error"]) == (404, "error", "not_found")
+    assert set(answer) == {"status", "error", "message"} and answer["message"]
     status, answer = rest(relay, "DELETE", "/api/visitors/list/latest")
     assert status == 405 and answer["status"] == "error"

@@ -13,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 import protocol as p
 from relay.core.grants import Grant, Signer
 
-from .client import Peer, live_session, open_socket, run, viewer, visitor, watch_token
+from .client import TIMEOUT, Peer, live_session, open_socket, run, viewer, visitor, watch_token
 
 _ids = itertools.count(1)
 
@@ -32,8 +32,7 @@ async def hello_viewer(relay: Any, token: str) -> tuple[p.Message, int | None]:
 def test_forged_token_is_refused_with_4504(relay: Any) -> None:
     async def scenario() -> None:
         v = vid()
-        await visitor(relay, v)
-        await asyncio.sleep(0.05)
+        await visitor(relay, v)  # known to the relay once its WELCOME has come
         token = watch_token(relay, v)
         body, sig = token.split(".")
         forged = Signer(b"not-the-relays-secret-key").grant(
@@ -186,5 +185,97 @@ def test_allowed_origins_admits_a_listed_site(relay_factory: Any) -> None:
         await open_socket(r, "/ws/visitor", origin=r.origin)  # the relay's own pages always may
         with pytest.raises(InvalidStatus):
             await open_socket(r, "/ws/visitor", origin="https://other.example")
+
+    run(scenario())
+
+
+def _delta_of(size: int) -> bytes:
+    """A DOM_DELTA frame of exactly ``size`` bytes."""
+    for overhead in (25, 27):  # the 16-byte header and {"data": bin16 | bin32 ...}
+        frame = p.encode(p.DomDelta(data=b"d" * (size - overhead)))
+        if len(frame) == size:
+            return frame
+    raise AssertionError(size)
+
+
+def _with(frame: bytes, at: int, value: int) -> bytes:
+    return frame[:at] + bytes([value]) + frame[at + 1 :]
+
+
+_DELTA = p.encode(p.DomDelta(data=b"hostile"))
+_LIM = p.DEFAULT_LIMITS
+
+
+# Headers the hot path (the hub's _fast_peek) must refuse after the handshake, each
+# with the close code docs/protocol.md gives it.
+VISITOR_HOSTILE = [
+    ("short-header", _DELTA[:15], p.CloseCode.PROTOCOL_ERROR),
+    ("bad-version", _with(_DELTA, 0, 2), p.CloseCode.UNSUPPORTED_VERSION),
+    ("reserved-bits", _with(_DELTA, 3, 1), p.CloseCode.PROTOCOL_ERROR),
+    ("reserved-high-bit", _with(_DELTA, 2, 0x80), p.CloseCode.PROTOCOL_ERROR),
+    ("unknown-kind", _with(_DELTA, 1, 0x7F), p.CloseCode.UNKNOWN_KIND),
+    ("oversize-ordered", _delta_of(_LIM.max_frame + 1), p.CloseCode.FRAME_TOO_BIG),
+    (
+        "oversize-latest",
+        _with(_delta_of(_LIM.max_frame + 1), 1, p.Kind.POINTER),  # a small latest kind over max_frame
+        p.CloseCode.FRAME_TOO_BIG,
+    ),
+    (
+        "oversize-big-kind",
+        p.encode(p.ScreenFrame(mime="image/png", width=1, height=1, image=bytes(_LIM.max_keyframe))),
+        p.CloseCode.FRAME_TOO_BIG,
+    ),
+    ("viewer-only-kind", p.encode(p.Click(node=1, x=1, y=1)), p.CloseCode.FORBIDDEN),
+    ("viewer-and-relay-kind", p.encode(p.ResyncRequest(reason="x")), p.CloseCode.FORBIDDEN),
+    ("relay-only-kind", p.encode(p.SessionRequest(session="s", agent_id="a", agent_name="A")), p.CloseCode.FORBIDDEN),
+    ("device-only-kind", p.encode(p.Inventory(hostname="h", os="linux")), p.CloseCode.FORBIDDEN),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), [c[1:] for c in VISITOR_HOSTILE], ids=[c[0] for c in VISITOR_HOSTILE])
+def test_hostile_frame_from_a_live_visitor_closes_it_with_the_documented_code_and_reaches_no_viewer(
+    relay: Any, frame: bytes, code: int
+) -> None:
+    async def scenario() -> None:
+        v = vid()
+        vis, view, _ = await live_session(relay, v)
+        await vis.raw(frame)
+        assert await vis.closed() == code
+        # Positive control: the visitor comes back within the resume window and sends a
+        # keyframe; it is the first frame the viewer gets, so the hostile one never reached it.
+        again, welcome = await visitor(relay, v)
+        assert welcome.session
+        await again.send(p.DomKeyframe(data=b"after"))
+        first = await view.recv_frame()
+        assert p.decode(first) == p.DomKeyframe(data=b"after") and p.peek(first).seq == 1
+
+    run(scenario())
+
+
+def test_a_frame_of_exactly_max_frame_from_a_visitor_is_routed(relay: Any) -> None:
+    async def scenario() -> None:
+        vis, view, _ = await live_session(relay, vid())
+        await vis.send(p.DomKeyframe(data=b"k"))
+        edge = _delta_of(_LIM.max_frame)
+        await vis.raw(edge)
+        frames = [await view.recv_frame(), await view.recv_frame()]
+        assert [p.peek(f).seq for f in frames] == [1, 2]
+        assert frames[1][16:] == edge[16:]
+
+    run(scenario())
+
+
+def test_a_socket_that_sends_no_hello_within_handshake_timeout_is_closed_with_4006(relay_factory: Any) -> None:
+    r = relay_factory(HANDSHAKE_TIMEOUT="1").start()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        silent = Peer(await open_socket(r, "/ws/visitor"))
+        opened = loop.time()
+        talker, _ = await visitor(r, vid())  # says HELLO at once: admitted, no deadline left
+        assert await silent.closed(TIMEOUT) == p.CloseCode.HANDSHAKE_TIMEOUT  # 1 s, not the default 10
+        assert loop.time() - opened >= 0.9  # closed by the deadline, not at once
+        await talker.send(p.Ping(t=7))  # past the deadline the admitted socket still works
+        assert await talker.expect(p.Pong) == p.Pong(t=7)
 
     run(scenario())

@@ -63,8 +63,8 @@ def test_late_joiner_gets_the_keyframe_then_the_deltas_since(relay: Any) -> None
         assert msgs[:3] == [p.DomKeyframe(data=b"new"), p.DomDelta(data=b"new-1"), p.DomDelta(data=b"new-2")]
         assert [p.peek(f).seq for f in frames[:3]] == [3, 4, 5]
         assert msgs[3] == p.Pointer(x=10, y=20)
-        with pytest.raises(TimeoutError):  # the visitor is not asked again
-            await vis.recv(timeout=0.3)
+        await vis.send(p.Ping(t=1))  # the visitor is not asked again: the answer is the next frame it gets
+        assert await vis.recv() == p.Pong(t=1)
 
     run(scenario())
 
@@ -79,7 +79,6 @@ def test_viewer_reconnecting_within_the_window_misses_nothing_and_gets_no_duplic
         got = await _frames(view, 6)
         last = p.peek(got[-1])
         await view.close()
-        await asyncio.sleep(0.1)
         for i in range(5):
             await vis.send(p.DomDelta(data=b"b%d" % i))
         back, again = await viewer(relay, welcome.resume, epoch=last.epoch, seq=last.seq)
@@ -156,8 +155,8 @@ def test_nothing_streams_before_the_visitor_accepts(relay: Any) -> None:
         declined = await view.recv()
         assert isinstance(declined, p.SessionDecline)
         assert await view.closed() == p.CloseCode.DECLINED
-        with pytest.raises(TimeoutError):  # the visitor, who declined, is told nothing more
-            await vis.recv(timeout=0.3)
+        await vis.send(p.Ping(t=2))  # the visitor, who declined, is told nothing more: the answer comes next
+        assert await vis.recv() == p.Pong(t=2)
 
     run(scenario())
 
@@ -191,5 +190,107 @@ def test_ping_is_answered_with_the_same_time(relay: Any) -> None:
         vis, _ = await visitor(relay, vid())
         await vis.send(p.Ping(t=424242))
         assert await vis.expect(p.Pong) == p.Pong(t=424242)
+
+    run(scenario())
+
+
+async def _until(peer: Any, marker: p.Message, limit: int = 50) -> list[p.Message]:
+    """Every message ``peer`` gets up to and including ``marker`` (bounded)."""
+    got: list[p.Message] = []
+    while not got or got[-1] != marker:
+        assert len(got) < limit, got
+        got.append(await peer.recv())
+    return got
+
+
+def test_viewer_resuming_from_before_a_newer_keyframe_gets_that_keyframe_not_a_gap(relay: Any) -> None:
+    async def scenario() -> None:
+        v = vid()
+        vis, view, welcome = await live_session(relay, v)
+        await vis.send(p.DomKeyframe(data=b"k1"))
+        await vis.send(p.DomDelta(data=b"k1-a"))
+        await vis.send(p.DomDelta(data=b"k1-b"))
+        epoch = p.peek((await _frames(view, 3))[-1]).epoch
+        await view.close()
+        await vis.send(p.DomKeyframe(data=b"k2"))  # seq 4: the log is now k2 and what follows
+        await vis.send(p.DomDelta(data=b"k2-a"))
+        await vis.send(p.DomDelta(data=b"k2-b"))
+        for resume_seq, expected in [
+            (1, [4, 5, 6]),  # long before the new keyframe
+            (3, [4, 5, 6]),  # the frame just before it
+            (4, [5, 6]),  # the keyframe itself: exactly what follows
+        ]:
+            back, _ = await viewer(relay, welcome.resume, epoch=epoch, seq=resume_seq)
+            assert isinstance(await back.recv(), p.SessionAccept)
+            frames = await _frames(back, len(expected))
+            assert [p.peek(f).seq for f in frames] == expected, resume_seq
+            assert {p.peek(f).epoch for f in frames} == {epoch}
+            if expected[0] == 4:
+                assert p.decode(frames[0]) == p.DomKeyframe(data=b"k2")
+            await back.close()
+
+    run(scenario())
+
+
+def test_nothing_the_visitor_sent_before_consent_reaches_a_viewer_or_a_late_joiners_replay(relay: Any) -> None:
+    async def scenario() -> None:
+        v = vid()
+        vis, _ = await visitor(relay, v)
+        first, _ = await viewer(relay, watch_token(relay, v))
+        req = await vis.expect(p.SessionRequest)
+        secret: list[p.Message] = [
+            p.DomKeyframe(data=b"before consent"),
+            p.DomDelta(data=b"before consent"),
+            p.ConsoleLines(level="log", lines=("before consent",)),
+            p.Pointer(x=1, y=1),
+            p.UrlChange(url="https://shop.example/before-consent"),
+            p.ScreenFrame(mime="image/png", width=1, height=1, image=b"before consent"),
+        ]
+        for msg in secret:
+            await vis.send(msg)
+        await vis.send(p.SessionAccept(session=req.session))
+        await vis.send(p.DomKeyframe(data=b"after consent"))
+        await vis.send(p.Pointer(x=2, y=2))
+        after: list[p.Message] = [
+            p.SessionAccept(session=req.session),
+            p.DomKeyframe(data=b"after consent"),
+            p.Pointer(x=2, y=2),
+        ]
+        assert await _until(first, after[-1]) == after
+        late, _ = await viewer(relay, watch_token(relay, v))
+        assert await _until(late, after[-1]) == after
+        marker = p.DomDelta(data=b"marker")  # positive control: nothing else was queued before it
+        await vis.send(marker)
+        assert await _until(late, marker) == [marker]
+        assert await _until(first, marker) == [marker]
+
+    run(scenario())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="relay bug: Room.pump stops once Link.buffered() (batched bytes included) reaches the high-water "
+    "mark, but the transport calls on_drain only after it paused writing; when the kernel takes the batch "
+    "nothing resumes the cursor but the 1 s sweep, so a replay runs at about 256 KiB per second",
+)
+def test_a_late_joiner_is_sent_a_multi_megabyte_log_as_fast_as_it_reads(relay: Any) -> None:
+    # A replay goes out through the outbox's cursor as the link drains; it must not
+    # wait for the once-a-second sweep between two high-water marks' worth of frames.
+    async def scenario() -> None:
+        v = vid()
+        vis, first, _ = await live_session(relay, v)
+        count = 60  # 60 deltas of 60 KiB: about 14 high-water marks (256 KiB) of log
+        await vis.send(p.DomKeyframe(data=b"k"))
+        for i in range(count):
+            await vis.send(p.DomDelta(data=i.to_bytes(4, "big") + b"d" * (60 * 1024)))
+        assert p.peek((await _frames(first, count + 1))[-1]).seq == count + 1
+        late, _ = await viewer(relay, watch_token(relay, v))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert isinstance(await late.recv(), p.SessionAccept)
+        frames = await _frames(late, count + 1)
+        took = loop.time() - started
+        assert [p.peek(f).seq for f in frames] == list(range(1, count + 2))
+        assert took < 4.0, f"the 3.6 MiB log took {took:.1f} s to replay"
 
     run(scenario())
