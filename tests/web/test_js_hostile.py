@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import protocol as p
+from tests.conftest import in_ci
 from tests.protocol.test_protocol_hostile import HOSTILE
 
 WEB = Path(__file__).resolve().parents[2] / "relay" / "web"
@@ -30,7 +31,7 @@ VALID = p.encode(p.Click(node=12, x=100.5, y=20), epoch=7, seq=1)
 def _need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"{tool} is not installed; CI must run the JS codec tests")
         pytest.skip(f"{tool} is not installed")
     return path
