@@ -29,6 +29,7 @@ from .limits import wire_of
 __all__ = ["RelayWebSocketProtocol", "LINK_KEY"]
 
 LINK_KEY = "cobrowse.link"
+_HIGH, _LOW = 256 * 1024, 64 * 1024  # the transport's write-buffer marks, and the hub's high water
 log = logging.getLogger("relay.transport")
 
 
@@ -109,7 +110,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        transport.set_write_buffer_limits(high=256 * 1024, low=64 * 1024)
+        transport.set_write_buffer_limits(high=_HIGH, low=_LOW)
         deadline = self.deadline or self.loop.time() + self.wire.handshake_timeout
         self._deadline_timer = self.loop.call_at(deadline, self._handshake_expired)
 
@@ -175,10 +176,21 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     def flush(self) -> None:
         out = self._out
         if out:
+            batched = self._out_bytes
             self._out = []
             self._out_bytes = 0
             if not (self.disconnected or self.close_sent or self.transport.is_closing()):
-                self.transport.writelines(out)
+                transport = self.transport
+                full = transport.get_write_buffer_size() + batched >= _HIGH
+                transport.writelines(out)
+                if full and self.on_drain is not None and transport.get_write_buffer_size() < _LOW:
+                    # The hub saw this link full and held frames back, but the kernel took
+                    # them all: the transport never paused, so it will never resume.
+                    self.loop.call_soon(self._drained)
+
+    def _drained(self) -> None:
+        if self.on_drain is not None and not self.close_sent:
+            self.on_drain()
 
     # uvicorn's own closing paths write the close frame themselves: batched
     # frames go first, and nothing may follow a close frame.
