@@ -133,10 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name in names:
                 ts = time.monotonic()
+                load0 = os.getloadavg()[0]
                 sc = SCENARIOS[name](ctx)
                 sc["date"] = data["date"]
                 sc["command"] = data["command"]
                 sc["elapsed_s"] = round(time.monotonic() - ts, 1)
+                # the machine is shared: how busy it was says how much to trust the figures
+                sc["loadavg_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+                busy = max(sc["loadavg_1min"])
+                if busy > (machine.get("cores_usable") or 2) + 1.5:  # the bench's own processes make ~2
+                    sc.setdefault("notes", []).append(
+                        f"machine busy: 1-minute load average {sc['loadavg_1min'][0]} -> {sc['loadavg_1min'][1]} "
+                        f"on {machine.get('cores_usable')} cores (other work on it): figures perturbed, rerun when idle"
+                    )
                 data["scenarios"][name] = sc
                 print(report.format_scenario(sc), flush=True)
                 print(f"  ({sc['elapsed_s']} s)", flush=True)

@@ -210,6 +210,7 @@ class Conn(WSListener):
         self.job = job
         self.transport: WSTransport | None = None
         self.close_code = 0
+        self.close_reason = ""
         self.closed_at = 0.0
         self.buf: bytearray | None = None
         self.welcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -228,6 +229,8 @@ class Conn(WSListener):
         t = frame.msg_type
         if t is WSMsgType.CLOSE:
             self.close_code = int(cast(Any, frame.get_close_code()))
+            with contextlib.suppress(Exception):
+                self.close_reason = str(frame.get_close_message() or b"", "utf-8", "replace")
             self.job.note_close(self.close_code)
             self.closed_at = time.monotonic()
             if self.transport is not None:
@@ -1395,10 +1398,13 @@ class Flooder:
     def report(self) -> dict[str, Any]:
         elapsed = max(1e-9, time.monotonic() - self.t_flood)
         codes: dict[str, int] = {}
+        reasons: dict[str, int] = {}
         closed = [c for c in self.conns if c.closed_at]
         for c in closed:
             key = str(c.close_code or 1006)
             codes[key] = codes.get(key, 0) + 1
+            why = f"{key} {c.close_reason}".strip()
+            reasons[why] = reasons.get(why, 0) + 1
         lifetimes = sorted(c.closed_at - c.opened for c in closed)
         frames = sum(c.frames for c in self.conns)
         sent = sum(c.bytes for c in self.conns)
@@ -1411,6 +1417,7 @@ class Flooder:
             "connects": len(self.conns),
             "closed": len(closed),
             "close_codes": codes,
+            "close_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:6]),
             "median_lifetime_s": round(lifetimes[len(lifetimes) // 2], 3) if lifetimes else None,
             "median_frames_per_socket": sorted(c.frames for c in self.conns)[len(self.conns) // 2],
             "frames_sent": frames,

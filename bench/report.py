@@ -194,8 +194,8 @@ def provenance(data: dict[str, Any]) -> list[str]:
     here = (data.get("date"), data.get("command"))
     other: dict[tuple[Any, Any], list[str]] = {}
     for sc in ordered(data):
-        when = (sc.get("date", here[0]), sc.get("command", here[1]))
-        if when != here:
+        when = (sc.get("date", here[0]), sc.get("command"))  # older results carry no command
+        if when[0] != here[0] or when[1] not in (None, here[1]):
             other.setdefault(when, []).append(str(sc.get("title", "?")).split(".")[0])
     if not other:
         return []

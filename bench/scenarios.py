@@ -1060,8 +1060,11 @@ def storm(ctx: Ctx) -> dict[str, Any]:
     )
     for t, r in by.items():
         for i, s in enumerate(r.get("storms", [])):
-            if s.get("warning"):
-                notes.append(f"{t} storm {i + 1}: {s['warning']}: its figures are the generator's limit")
+            if (s.get("loadgen_cpu_pct") or 0) >= 75:
+                notes.append(
+                    f"{t} storm {i + 1}: load generator at {s['loadgen_cpu_pct']}% of its core: the storm time is "
+                    "(nearly) the generator's limit; compare server CPU per reconnect"
+                )
             if s.get("failures"):
                 notes.append(
                     f"{t} storm {i + 1}: failed attempts {s['failures']} e.g. {s.get('failure_samples', [])[:2]}"
@@ -1187,6 +1190,8 @@ def flood(ctx: Ctx) -> dict[str, Any]:
     )
     for r in results:
         fl = r.get("flooder") or {}
+        if fl.get("close_reasons"):
+            notes.append(f"{r['label']}: B's closes (code reason): {fl['close_reasons']}")
         if fl.get("error") or fl.get("errors") or fl.get("connect_errors"):
             notes.append(
                 f"{r['label']}: flooder {fl.get('error') or ''} errors {fl.get('errors', [])[:2]} "

@@ -319,6 +319,7 @@ def test_flooder_counts_closes_and_reconnects() -> None:
     assert rep["close_codes"].get("4004", 0) >= 2 and set(rep["close_codes"]) == {"4004"}, rep
     assert rep["closed"] == sum(rep["close_codes"].values())
     assert rep["median_lifetime_s"] is not None
+    assert rep["close_reasons"] == {"4004 rate limit": rep["closed"]}
 
 
 def test_table_names_scenarios_measured_at_another_time() -> None:
@@ -333,5 +334,7 @@ def test_table_names_scenarios_measured_at_another_time() -> None:
         },
     }
     assert report.provenance(data) == ["Measured at another time: scenario 2 on D1 with `python -m bench all`."]
+    del data["scenarios"]["paced"]["command"]  # results written before scenarios carried their command
+    assert report.provenance(data) == ["Measured at another time: scenario 2 on D1."]
     data["scenarios"]["paced"].update(date="D2", command="python -m bench storm")
     assert report.provenance(data) == []
