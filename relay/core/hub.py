@@ -185,6 +185,7 @@ class Peer:
     """A connected socket in a room: the visitor or one viewer."""
 
     __slots__ = (
+        "address",
         "agent_id",
         "agent_name",
         "id",
@@ -208,6 +209,7 @@ class Peer:
         self.warned: set[int] = set()
         self.stalled_since: float | None = None
         self.rates: SocketRates | None = None
+        self.address = ""  # the client address, for per-address limits
 
     def send(self, msg: Message) -> None:
         info = KIND_INFO[msg.KIND]
@@ -512,6 +514,7 @@ class Room:
             perm = h.info.permission
             if perm is not None and perm.value not in peer.permissions:
                 self.forbidden += 1
+                self.hub.forbidden += 1
                 if h.kind not in peer.warned:
                     peer.warned.add(h.kind)
                     peer.send(Error(code="forbidden", message=f"{perm.value} is not granted"))
@@ -553,6 +556,8 @@ class Hub:
         self.config = config
         self.listener = listener
         self.rooms: dict[str, Room] = {}
+        self.rescued = 0  # peers the sweep found drained with frames still waiting
+        self.forbidden = 0  # control frames dropped for want of a permission, all rooms
 
     def room(self, visitor_id: str) -> Room:
         room = self.rooms.get(visitor_id)
@@ -593,6 +598,7 @@ class Hub:
             else:
                 peer.stalled_since = None
                 if peer.outbox.needs_resync or peer.outbox.queue:
+                    self.rescued += 1  # a drain the transport never reported: should stay 0
                     self.drained(peer)
         for room in list(self.rooms.values()):
             if room.state is None:

@@ -14,7 +14,12 @@ up.
 
 Per address: websockets open at once (any role: a viewer socket costs as
 much before its token is checked), and new visitor ids per minute
-(each is a stored row). Addresses whose buckets are full again are
+(each is a stored row). An address one of whose sockets was closed for
+breaking a rate limit is *cooling down*: its new websockets are refused
+before the upgrade (429) for 1 s, doubling with each repeat up to 60 s and
+forgiven after a quiet minute; a flooder that reconnects at once costs an
+HTTP parse, not a handshake and an admission. A new socket's buckets start
+with one second's worth, not the whole burst, for the same reason. Addresses whose buckets are full again are
 forgotten by :meth:`AddressLimits.prune`, so the tables stay as small as the
 set of recently active clients. In cluster mode these counts are per node
 (a shared store for them comes with the cluster).
@@ -26,15 +31,17 @@ from dataclasses import dataclass
 
 __all__ = ["TokenBucket", "SocketRates", "RateConfig", "AddressLimits"]
 
+COOLDOWN, COOLDOWN_MAX, FORGIVE = 1.0, 60.0, 60.0  # seconds: first cool-down, the longest, forgiveness
+
 
 class TokenBucket:
-    """``rate`` tokens per second, holding at most ``capacity``; starts full."""
+    """``rate`` tokens per second, holding at most ``capacity``; starts with ``start`` (default: full)."""
 
     __slots__ = ("capacity", "last", "rate", "tokens")
 
-    def __init__(self, rate: float, capacity: float, now: float) -> None:
+    def __init__(self, rate: float, capacity: float, now: float, start: float | None = None) -> None:
         self.rate, self.capacity = rate, capacity
-        self.tokens, self.last = capacity, now
+        self.tokens, self.last = capacity if start is None else min(start, capacity), now
 
     def take(self, n: float, now: float) -> bool:
         """Spend ``n`` tokens if there are that many; False (and nothing spent) otherwise."""
@@ -70,8 +77,8 @@ class SocketRates:
 
     def __init__(self, cfg: RateConfig, now: float) -> None:
         b = cfg.burst
-        self._control = TokenBucket(cfg.control, cfg.control * b, now)
-        self._content = TokenBucket(cfg.content, cfg.content * b, now)
+        self._control = TokenBucket(cfg.control, cfg.control * b, now, start=cfg.control)
+        self._content = TokenBucket(cfg.content, cfg.content * b, now, start=cfg.content)
         self._bytes = TokenBucket(cfg.bytes, max(cfg.bytes * b, cfg.min_bytes_burst), now)
         self._resync = TokenBucket(cfg.resync, cfg.resync_burst, now)
 
@@ -95,8 +102,10 @@ class AddressLimits:
         self.new_per_minute = new_per_minute
         self.sockets: dict[str, int] = {}
         self._new: dict[str, TokenBucket] = {}
+        self._strikes: dict[str, tuple[int, float]] = {}  # address -> (repeats, cooling down until)
         self.refused_sockets = 0
         self.refused_new = 0
+        self.refused_cooling = 0
 
     def open_socket(self, address: str) -> bool:
         """Count one more socket for ``address``; False (not counted) past the limit."""
@@ -125,7 +134,26 @@ class AddressLimits:
         self.refused_new += 1
         return False
 
+    def strike(self, address: str, now: float) -> float:
+        """A socket of ``address`` broke a rate limit: cool it down. Returns the seconds."""
+        repeats, until = self._strikes.get(address, (0, 0.0))
+        if now - until > FORGIVE:
+            repeats = 0
+        wait = min(COOLDOWN_MAX, COOLDOWN * 2.0**repeats)
+        self._strikes[address] = (repeats + 1, now + wait)
+        return wait
+
+    def cooling(self, address: str, now: float) -> bool:
+        """Are new sockets of ``address`` refused now?"""
+        strike = self._strikes.get(address)
+        if strike is not None and now < strike[1]:
+            self.refused_cooling += 1
+            return True
+        return False
+
     def prune(self, now: float) -> None:
-        """Forget addresses whose new-visitor bucket is full again."""
+        """Forget addresses whose new-visitor bucket is full again, and forgiven strikes."""
         for address in [a for a, b in self._new.items() if b.full(now)]:
             del self._new[address]
+        for address in [a for a, (_, until) in self._strikes.items() if now - until > FORGIVE]:
+            del self._strikes[address]

@@ -120,7 +120,7 @@ class Service:
         self.visitors: dict[str, Visitor] = {}  # online visitors, by short id
         self._tasks: set[asyncio.Task[None]] = set()
         self.draining = False
-        self.counters = {"protocol_errors": 0, "forbidden": 0, "rate_limited": 0, "resyncs_refused": 0}
+        self.counters = {"protocol_errors": 0, "rate_limited": 0, "resyncs_refused": 0}
         self.rates = RateConfig(
             control=settings.rate_control,
             content=settings.rate_content,
@@ -152,7 +152,7 @@ class Service:
         if role == "visitor":
             return await self.admit_visitor(hello, link, client)
         if role == "viewer":
-            return await self.admit_viewer(hello, link)
+            return await self.admit_viewer(hello, link, client)
         raise NotFound("devices are not enrolled on this node")
 
     async def admit_visitor(self, hello: Hello, link: Link, client: ClientInfo) -> Peer:
@@ -174,6 +174,7 @@ class Service:
         self.visitors[short_id] = visitor
         peer = self.hub.new_peer("visitor", short_id, link, room)
         peer.rates = SocketRates(self.rates, time.monotonic())
+        peer.address = client.ip
         peer.send(
             Welcome(
                 version=PROTOCOL_VERSION,
@@ -188,10 +189,11 @@ class Service:
         self._spawn(self.store.save_visitor(visitor))
         return peer
 
-    async def admit_viewer(self, hello: Hello, link: Link) -> Peer:
+    async def admit_viewer(self, hello: Hello, link: Link, client: ClientInfo | None = None) -> Peer:
         slot, room, resumable = await self._viewer_slot(hello.token)
         peer = self.hub.new_peer("viewer", slot.viewer_id, link, room)
         peer.rates = SocketRates(self.rates, time.monotonic())
+        peer.address = client.ip if client is not None else ""
         room.admit_viewer(
             slot,
             peer,
@@ -278,7 +280,8 @@ class Service:
             over = rates.admit(len(data) > 1 and _SESSION_CLASS[data[1]] == 1, len(data), time.monotonic())
             if over is not None:
                 self.counters["rate_limited"] += 1
-                event("limit_hit", limit=over, role=peer.role, peer=peer.id, session=room.session_id)
+                wait = self.addresses.strike(peer.address, time.monotonic()) if peer.address else 0.0
+                event("limit_hit", limit=over, role=peer.role, peer=peer.id, session=room.session_id, cooldown=wait)
                 peer.close(CloseCode.RATE_LIMITED, f"rate limit: {over}")
                 return
         try:
@@ -421,5 +424,7 @@ class Service:
             "sessions": sum(1 for r in rooms if r.state is not None),
             "viewers": sum(len(r.viewers) for r in rooms),
             "visitors_online": len(self.visitors),
+            "drains_missed": self.hub.rescued,
             **self.counters,
+            "forbidden": self.hub.forbidden,
         }

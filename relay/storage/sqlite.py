@@ -304,8 +304,22 @@ class SqliteStore:
         self._pool.shutdown(wait=True)
 
     async def ping(self) -> bool:
+        """True when the store can *write* now: take the write lock (200 ms at most) and let it go.
+
+        ``SELECT 1`` reads no page and takes no lock: /health stayed 200 while
+        another process held the write lock or the file was read-only."""
+
+        def probe(db: sqlite3.Connection) -> bool:
+            db.execute("PRAGMA busy_timeout=200")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+            finally:
+                db.execute("PRAGMA busy_timeout=5000")
+            return True
+
         try:
-            return await self._run(lambda db: db.execute("SELECT 1").fetchone() == (1,))
+            return await self._run(probe)
         except (sqlite3.Error, AssertionError, RuntimeError):
             return False
 

@@ -18,6 +18,7 @@ Each refusal is written as a JSON error (the seeds' shape) with
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httptools
@@ -162,6 +163,13 @@ class RelayHttpProtocol(HttpToolsProtocol):
     def _chunked(self) -> bool:
         return any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, v in self.headers)
 
+    def _cooling(self) -> bool:
+        app: Any = self.config.app
+        service = getattr(app.state, "service", None)
+        if service is None or service.settings.trusted_proxies or self.client is None:
+            return False
+        return bool(service.addresses.cooling(self.client[0], time.monotonic()))
+
     # --- refusing --------------------------------------------------------------------
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Write one JSON error and close; nothing more is read from this socket."""
@@ -190,8 +198,14 @@ class RelayHttpProtocol(HttpToolsProtocol):
 
     # --- upgrade ---------------------------------------------------------------------
     def handle_websocket_upgrade(self) -> None:
-        """uvicorn's, with the head's deadline handed to the websocket protocol."""
+        """uvicorn's, with the head's deadline handed to the websocket protocol.
+
+        An address cooling down after breaking a rate limit is refused here,
+        before Starlette, when the peer is the client (no trusted proxy)."""
         self._disarm()
+        if self._cooling():
+            self._refuse(429, "rate_limited", "this address broke a rate limit: retry later")
+            return
         self.connections.discard(self)
         output = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]
         for name, value in self.scope["headers"]:

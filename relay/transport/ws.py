@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.websockets import WebSocket
 
 from protocol import PROTOCOL_VERSION, CloseCode, Error, Hello, ProtocolError, decode, encode
@@ -56,6 +57,9 @@ async def _serve(ws: WebSocket, role: str) -> None:
     link.set_max_message(settings.max_frame)
     ip = ws.client.host if ws.client else ""
     addresses = service.addresses
+    if addresses.cooling(ip, time.monotonic()):
+        await ws.send_denial_response(_cooling())
+        return
     if not addresses.open_socket(ip):
         event("limit_hit", limit="MAX_SOCKETS_PER_IP", ip=ip, role=role)
         await ws.accept()
@@ -106,6 +110,11 @@ async def _serve(ws: WebSocket, role: str) -> None:
         lambda: service.on_disconnect(peer),
     )
     link.release_handshake()
+
+
+def _cooling() -> JSONResponse:
+    body = {"status": "error", "error": "rate_limited", "message": "this address broke a rate limit: retry later"}
+    return JSONResponse(body, status_code=429, headers={"Retry-After": "1"})
 
 
 class _Gone(Exception):

@@ -17,7 +17,7 @@ import urllib.request
 from typing import Any
 
 import psutil
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import protocol as p
 
@@ -422,7 +422,7 @@ def test_resync_requests_cannot_amplify_the_log_onto_a_socket(relay: Any) -> Non
             await vis.send(p.DomDelta(data=b"d" * 60000))
         for _ in range(31):
             await view.recv_frame()
-        for _ in range(100):
+        for _ in range(40):  # under the session-frame rate: only the resync limit applies
             await view.send(p.ResyncRequest(reason="again"))
         await vis.send(p.DomDelta(data=b"marker"))
         keyframes = 0
@@ -433,8 +433,8 @@ def test_resync_requests_cannot_amplify_the_log_onto_a_socket(relay: Any) -> Non
             if isinstance(msg, p.DomDelta) and msg.data == b"marker":
                 break
         stats = rest(relay, "GET", "/stats")[1]
-        assert keyframes <= 4, keyframes  # burst of 3, then one per 2 s; never 100 copies of 1.8 MB
-        assert stats["resyncs_refused"] >= 90
+        assert keyframes <= 4, keyframes  # burst of 3, then one per 2 s; never 40 copies of 1.8 MB
+        assert stats["resyncs_refused"] >= 36
 
     run(scenario())
 
@@ -509,3 +509,37 @@ def test_visitors_that_never_had_a_session_are_deleted_after_the_retention(relay
     while rest(again, "GET", f"/api/visitors/{gone}")[0] != 404 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert rest(again, "GET", f"/api/visitors/{gone}")[0] == 404
+
+
+def test_an_address_whose_socket_was_rate_limited_cools_down_then_is_admitted(relay_factory: Any) -> None:
+    relay = relay_factory(RATE_CONTROL="20", RATE_BURST="1").start()
+
+    async def scenario() -> None:
+        flooder, _ = await visitor(relay, vid())
+        ping = p.encode(p.Ping(t=1))
+        for _ in range(200):
+            try:
+                await flooder.raw(ping)
+            except ConnectionClosed:
+                break
+        assert await flooder.closed() == p.CloseCode.RATE_LIMITED
+        # Reconnecting at once is refused before the upgrade: no handshake, no admission.
+        try:
+            await open_socket(relay, "/ws/visitor")
+            raise AssertionError("admitted while cooling down")
+        except InvalidStatus as e:
+            assert e.response.status_code == 429
+        assert healthy(relay)  # plain HTTP from the address is not refused
+        # After the cool-down (1 s for a first offence) it is admitted again.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                back, _ = await visitor(relay, vid())
+                break
+            except InvalidStatus:
+                assert time.monotonic() < deadline, "still refused 10 s after a first offence"
+                await asyncio.sleep(0.2)
+        await back.close()
+        assert rest(relay, "GET", "/stats")[1]["rate_limited"] == 1
+
+    run(scenario())
