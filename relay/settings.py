@@ -69,7 +69,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "NEW_VISITORS_PER_IP": ("120", "new visitor ids one client address may create per minute"),
     "RATE_CONTROL": ("50", "frames/s per socket of session-class kinds (HELLO, PING, PRESENCE, ...); 4004 past it"),
     "RATE_CONTENT": ("1000", "frames/s per socket of DOM, pointer, scroll and control kinds; 4004 past it"),
-    "RATE_BYTES": ("16777216", "bytes/s per socket, all kinds; 4004 past it"),
+    "RATE_BYTES": ("4194304", "bytes/s per socket, all kinds (the bucket holds at least two keyframes); 4004 past it"),
     "RATE_BURST": ("5", "seconds of the per-socket rates a socket may spend at once"),
     "REST_RATE": ("600", "REST calls per minute per key (429 past it)"),
     "TRUSTED_PROXIES": (
@@ -143,7 +143,7 @@ class Settings:
     new_visitors_per_ip: int = 120
     rate_control: float = 50.0
     rate_content: float = 1000.0
-    rate_bytes: float = 16.0 * 1024 * 1024
+    rate_bytes: float = 4.0 * 1024 * 1024
     rate_burst: float = 5.0
     rest_rate: int = 600
     trusted_proxies: tuple[str, ...] = ()
@@ -221,7 +221,7 @@ class Settings:
             new_visitors_per_ip=_int(env, "NEW_VISITORS_PER_IP", 120, 1, 10_000_000),
             rate_control=_float(env, "RATE_CONTROL", 50.0, 1.0, 1e9),
             rate_content=_float(env, "RATE_CONTENT", 1000.0, 1.0, 1e9),
-            rate_bytes=_float(env, "RATE_BYTES", 16.0 * 1024 * 1024, 1024.0, 1e12),
+            rate_bytes=_float(env, "RATE_BYTES", 4.0 * 1024 * 1024, 1024.0, 1e12),
             rate_burst=_float(env, "RATE_BURST", 5.0, 1.0, 3600.0),
             rest_rate=_int(env, "REST_RATE", 600, 1, 10_000_000),
             trusted_proxies=_proxies(env),

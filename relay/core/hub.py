@@ -82,6 +82,9 @@ class Link(Protocol):
     def set_max_message(self, size: int) -> None:
         """The largest message the peer may send from now on."""
 
+    def fail(self, code: int, reason: str) -> None:
+        """Close with ``code`` and discard, unparsed, whatever the peer still sends (a flood)."""
+
 
 class Listener(Protocol):
     """What the hub reports for persistence. Called synchronously; must not block."""

@@ -63,7 +63,7 @@ class TokenBucket:
 class RateConfig:
     control: float = 50.0  # session-class frames per second
     content: float = 1000.0  # content frames per second
-    bytes: float = 16.0 * 1024 * 1024  # bytes per second, all kinds
+    bytes: float = 4.0 * 1024 * 1024  # bytes per second, all kinds
     burst: float = 5.0  # seconds of each rate held in the bucket
     min_bytes_burst: float = 0.0  # the byte bucket holds at least this (one keyframe)
     resync: float = 0.5  # RESYNC_REQUESTs per second a viewer may make
@@ -79,7 +79,9 @@ class SocketRates:
         b = cfg.burst
         self._control = TokenBucket(cfg.control, cfg.control * b, now, start=cfg.control)
         self._content = TokenBucket(cfg.content, cfg.content * b, now, start=cfg.content)
-        self._bytes = TokenBucket(cfg.bytes, max(cfg.bytes * b, cfg.min_bytes_burst), now)
+        # A new socket may send one keyframe at once (its first snapshot), not the whole burst.
+        start = max(cfg.bytes, cfg.min_bytes_burst / 2)
+        self._bytes = TokenBucket(cfg.bytes, max(cfg.bytes * b, cfg.min_bytes_burst), now, start=start)
         self._resync = TokenBucket(cfg.resync, cfg.resync_burst, now)
 
     def admit(self, session_class: bool, size: int, now: float) -> str | None:

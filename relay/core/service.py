@@ -282,7 +282,8 @@ class Service:
                 self.counters["rate_limited"] += 1
                 wait = self.addresses.strike(peer.address, time.monotonic()) if peer.address else 0.0
                 event("limit_hit", limit=over, role=peer.role, peer=peer.id, session=room.session_id, cooldown=wait)
-                peer.close(CloseCode.RATE_LIMITED, f"rate limit: {over}")
+                peer.outbox.clear()
+                peer.outbox.link.fail(CloseCode.RATE_LIMITED, f"rate limit: {over}")
                 return
         try:
             if peer.role == "visitor":

@@ -7,6 +7,7 @@ import base64
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,17 @@ import pytest
 
 import protocol as p
 
+from ..conftest import Relay
 from .client import TIMEOUT, Peer, live_session, run, visitor, watch_token
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """These tests push tens of MiB through one visitor on purpose: past RATE_BYTES."""
+    r = Relay(tmp_path_factory.mktemp("relay"), RATE_BYTES=str(1024**3)).start()
+    yield r
+    r.stop()
+
 
 FRAME = 60 * 1024  # under the 64 KiB delta limit
 COUNT = 300  # 18 MiB: far past kernel buffers, the 256 KiB high-water mark and the 1 MiB ordered limit
