@@ -183,9 +183,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
                 transport = self.transport
                 full = transport.get_write_buffer_size() + batched >= _HIGH
                 transport.writelines(out)
-                if full and self.on_drain is not None and transport.get_write_buffer_size() < _LOW:
+                if full and self.on_drain is not None and transport.get_write_buffer_size() <= _HIGH:
                     # The hub saw this link full and held frames back, but the kernel took
-                    # them all: the transport never paused, so it will never resume.
+                    # enough that the transport did not pause: it will never resume.
                     self.loop.call_soon(self._drained)
 
     def _drained(self) -> None:
