@@ -240,6 +240,7 @@ def test_a_viewer_is_resynchronised_once_its_held_ordered_bytes_pass_queue_max_b
         MAX_INFLIGHT_BYTES=str(max(64 * 1024 * 1024, 2 * (screen + 64 * 1024))),
         SLOW_TIMEOUT="120",
         PING_INTERVAL="600",
+        RATE_BYTES=str(1024**3),  # one socket sends several MiB at once here, on purpose
     ).start()
 
     async def scenario() -> None:

@@ -256,12 +256,6 @@ def _relay_db(relay: Any) -> Path:
     return Path(relay.data_dir) / "relay.sqlite3"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay bug: SqliteStore.ping runs SELECT 1, which reads no page and takes no lock, so /health "
-    "stays 200 while the database cannot be written (here another process holds its write lock; watch "
-    "URLs then cannot be opened: the nonce write fails after busy_timeout)",
-)
 def test_health_is_503_while_the_store_cannot_write_and_200_again_once_it_can(relay_factory: Any) -> None:
     r = relay_factory().start()
     assert _health(r.port) == 200

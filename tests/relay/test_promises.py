@@ -6,8 +6,6 @@ import asyncio
 import itertools
 from typing import Any
 
-import pytest
-
 import protocol as p
 
 from .client import TIMEOUT, live_session, rest, run, viewer, visitor, watch_token
@@ -125,11 +123,6 @@ def test_stats_count_rooms_sessions_viewers_and_visitors_as_they_change(relay_fa
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay bug: Service.counters['forbidden'] is never incremented (the hub counts Room.forbidden per "
-    "room only), so /stats always reports forbidden: 0",
-)
 def test_stats_count_control_frames_refused_for_want_of_a_permission(relay: Any) -> None:
     async def scenario() -> None:
         before = _stats(relay)["forbidden"]

@@ -6,8 +6,6 @@ import asyncio
 import itertools
 from typing import Any
 
-import pytest
-
 import protocol as p
 
 from .client import live_session, run, viewer, visitor, watch_token
@@ -267,12 +265,6 @@ def test_nothing_the_visitor_sent_before_consent_reaches_a_viewer_or_a_late_join
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay bug: Room.pump stops once Link.buffered() (batched bytes included) reaches the high-water "
-    "mark, but the transport calls on_drain only after it paused writing; when the kernel takes the batch "
-    "nothing resumes the cursor but the 1 s sweep, so a replay runs at about 256 KiB per second",
-)
 def test_a_late_joiner_is_sent_a_multi_megabyte_log_as_fast_as_it_reads(relay: Any) -> None:
     # A replay goes out through the outbox's cursor as the link drains; it must not
     # wait for the once-a-second sweep between two high-water marks' worth of frames.
