@@ -143,14 +143,13 @@ def test_visitor_allow_list_narrows_what_the_grant_permits(relay: Any) -> None:
 def test_nothing_streams_before_the_visitor_accepts(relay: Any) -> None:
     async def scenario() -> None:
         v = vid()
-        vis, _ = await visitor(relay, v)
-        await asyncio.sleep(0.05)
+        vis, _ = await visitor(relay, v)  # known to the relay once its WELCOME has come
         view, _ = await viewer(relay, watch_token(relay, v))
         req = await vis.expect(p.SessionRequest)
         assert req.agent_name == "Ann Agent"
         await vis.send(p.DomKeyframe(data=b"too early"))
         await vis.send(p.SessionDecline(session=req.session, reason="no thanks"))
-        declined = await view.recv()
+        declined = await view.recv()  # the next frame: the keyframe sent before it never came
         assert isinstance(declined, p.SessionDecline)
         assert await view.closed() == p.CloseCode.DECLINED
         await vis.send(p.Ping(t=2))  # the visitor, who declined, is told nothing more: the answer comes next
