@@ -243,7 +243,13 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timer = self.loop.call_later(self.wire.linger, self.transport.abort)
 
     def shutdown(self) -> None:
+        """uvicorn's, but a socket past its upgrade (admitted or not) is told 1001 like the others,
+        through the closing handshake, not uvicorn's 1012."""
         self.flush()
+        if self.handshake_complete and not (self.close_sent or self.disconnected):
+            self.stop_keepalive()
+            self.close(CloseCode.GOING_AWAY, "relay shutting down")
+            return
         super().shutdown()
 
     def send_500_response(self) -> None:

@@ -543,3 +543,17 @@ def test_an_address_whose_socket_was_rate_limited_cools_down_then_is_admitted(re
         assert rest(relay, "GET", "/stats")[1]["rate_limited"] == 1
 
     run(scenario())
+
+
+def test_a_socket_still_in_its_handshake_at_sigterm_is_told_1001_like_the_admitted_ones(relay_factory: Any) -> None:
+    relay = relay_factory().start()
+
+    async def scenario() -> tuple[int | None, int | None]:
+        admitted, _ = await visitor(relay, vid())
+        pending = Peer(await open_socket(relay, "/ws/visitor"))  # upgraded, no HELLO yet
+        await asyncio.sleep(0.1)
+        relay.proc.send_signal(signal.SIGTERM)
+        return await admitted.closed(), await pending.closed()
+
+    assert run(scenario()) == (p.CloseCode.GOING_AWAY, p.CloseCode.GOING_AWAY)
+    assert relay.stop() == 0
