@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 import protocol as p
-from tests.conftest import in_ci
+from tests.conftest import require_binary
 from tests.protocol.test_protocol_hostile import HOSTILE
 
 WEB = Path(__file__).resolve().parents[2] / "relay" / "web"
@@ -28,21 +27,12 @@ DEADLINE_MS = 5000  # per frame; the slowest (an 8 MiB frame refused by its head
 VALID = p.encode(p.Click(node=12, x=100.5, y=20), epoch=7, seq=1)
 
 
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if in_ci():
-            pytest.fail(f"{tool} is not installed; CI must run the JS codec tests")
-        pytest.skip(f"{tool} is not installed")
-    return path
-
-
 @pytest.fixture(scope="module")
 def js_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Every hostile frame (and one valid control frame) through the JS decoder, by id."""
-    node = _need("node")
+    node = require_binary("node")
     if not (WEB / "node_modules" / "@msgpack" / "msgpack").is_dir():
-        npm = _need("npm")
+        npm = require_binary("npm")
         subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=WEB, check=True, timeout=300)
     frames = [{"id": "valid-control", "hex": VALID.hex()}]
     frames += [{"id": case_id, "hex": data.hex()} for case_id, data, _, _ in HOSTILE]
