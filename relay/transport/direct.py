@@ -317,6 +317,14 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self._rate_timer = self.loop.call_later(1.0, self._check_rate)
 
+    async def send(self, message: Any) -> None:
+        """uvicorn's, except that nothing is sent once the relay closed the socket itself
+        (e.g. its handshake deadline passed before a loaded loop ran the endpoint): the
+        endpoint then ends quietly instead of tripping on a finished handshake."""
+        if self.close_sent:
+            raise ClientDisconnected()
+        await super().send(message)
+
     # --- receiving ---------------------------------------------------------------------
     def send_receive_event_to_app(self) -> None:
         sink = self.sink
