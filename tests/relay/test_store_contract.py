@@ -1,39 +1,173 @@
-"""The storage port's contract, run against every adapter (SQLite today)."""
+"""The storage port's contract, run against every adapter: SQLite, and Redis on a real redis-server.
+
+The Redis adapter is tested against ``redis-server`` processes this module
+starts on free ports (never a fake): one for the module, flushed before each
+test, and a read-only replica of it for the ``ping`` test. Without the binary
+these tests skip, and fail under CI.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from redis.crc import key_slot
 
 from relay.storage.base import SessionRecord, Store, Visitor, parse_search
+from relay.storage.redis import RedisStore
 from relay.storage.sqlite import SqliteStore
 
-ADAPTERS: dict[str, Callable[[Path], Store]] = {"sqlite": lambda d: SqliteStore(d / "store.sqlite3")}
+from ..conftest import free_port, require_binary
+
+ADAPTERS = (
+    pytest.param("redis", marks=pytest.mark.cluster),
+    pytest.param("redis-cluster", marks=pytest.mark.cluster),
+    "sqlite",
+)
 
 
-@pytest.fixture(params=sorted(ADAPTERS))
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Callable[[Store], Awaitable[Any]]], Any]:
-    factory = ADAPTERS[request.param]
+class RedisServer:
+    """One ``redis-server`` process without persistence, on 127.0.0.1 (a one-node cluster with ``cluster``).
 
-    def run(body: Callable[[Store], Awaitable[Any]]) -> Any:
-        async def go() -> Any:
-            store = factory(tmp_path)
-            await store.open()
+    Its ports come from :func:`free_port`; a server that exits before it
+    answers (a port taken meanwhile) is started again on others, three
+    times at most. Its log is ``redis.log`` in ``directory``.
+    """
+
+    def __init__(self, directory: Path, *extra: str, cluster: bool = False) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._directory = directory
+        for _ in range(3):
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            self.proc = self._spawn([*extra, *self._cluster_args(cluster)])
+            if self._await_ready():
+                return
+        raise RuntimeError(f"redis-server exited three times before answering:\n{self._log()}")
+
+    def _cluster_args(self, cluster: bool) -> list[str]:
+        """Cluster mode, its bus on a port of its own (the default, port + 10000, may not exist)."""
+        if not cluster:
+            return []
+        nodes = self._directory / f"nodes-{self.port}.conf"
+        bus = free_port()
+        while bus == self.port:
+            bus = free_port()
+        return ["--cluster-enabled", "yes", "--cluster-config-file", str(nodes), "--cluster-port", str(bus)]
+
+    def _spawn(self, extra: list[str]) -> subprocess.Popen[bytes]:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self._directory), "--logfile", str(self._directory / "redis.log")]
+        return subprocess.Popen([require_binary("redis-server"), *args, *extra])
+
+    def _log(self) -> str:
+        path = self._directory / "redis.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else "(no log)"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def _await_ready(self, timeout: float = 10.0) -> bool:
+        """True once it answers PING; False if it exited first; raises if it hangs past ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(redis.ConnectionError), self.client() as r:
+                if r.ping():
+                    return True
+            if self.proc.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not answer:\n{self._log()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
             try:
-                return await body(store)
-            finally:
-                await store.close()
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
-        return asyncio.run(go())
 
-    return run
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis Cluster of one node holding every slot: it refuses what crosses slots, as a real one does."""
+    directory = tmp_path_factory.mktemp("redis-cluster")
+    server = RedisServer(directory, cluster=True)
+    try:
+        with server.client() as r:
+            r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            deadline = time.monotonic() + 10
+            while r.cluster("info")["cluster_state"] != "ok":
+                assert time.monotonic() < deadline, "the one-node cluster did not come up"
+                time.sleep(0.02)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_server: RedisServer) -> str:
+    """The module's one-node cluster, emptied for this test."""
+    with redis_cluster_server.client() as r:
+        r.flushall()
+    return redis_cluster_server.url.removesuffix("/0")
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The module's redis-server, emptied for this test."""
+    with redis_server.client() as r:
+        r.flushall()
+    return redis_server.url
+
+
+def _factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return lambda: RedisStore(url)
+    if request.param == "redis-cluster":
+        cluster_url: str = request.getfixturevalue("redis_cluster_url")
+        return lambda: RedisStore(cluster_url, cluster=True)
+    return lambda: SqliteStore(tmp_path / "store.sqlite3")
+
+
+def _run(factory: Callable[[], Store], body: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        store = factory()
+        await store.open()
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(params=ADAPTERS)
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Callable[[Store], Awaitable[Any]]], Any]:
+    """Runs an async body with an opened store of each adapter, closed afterwards."""
+    factory = _factory(request, tmp_path)
+    return lambda body: _run(factory, body)
 
 
 def test_saved_visitor_reads_back_and_updates_in_place(open_store: Any) -> None:
@@ -142,6 +276,20 @@ def test_concurrent_writes_all_land_and_reads_see_them(open_store: Any) -> None:
         await pending
         assert len(await store.latest_visitors(100)) == 50
         assert [s.id for s in await store.sessions_for("C049", 5)] == ["s49"]
+
+    open_store(body)
+
+
+def test_a_write_whose_caller_is_cancelled_still_lands_in_order(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        first = asyncio.ensure_future(store.save_visitor(Visitor("K", identities=["old"], first_seen=1, last_seen=1)))
+        second = asyncio.ensure_future(store.save_visitor(Visitor("K", identities=["new"], first_seen=1, last_seen=2)))
+        await asyncio.sleep(0)  # both are pending in the store
+        first.cancel()
+        second.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+        got = await store.get_visitor("K")
+        assert got is not None and (got.identities, got.last_seen) == (["new"], 2.0)
 
     open_store(body)
 
@@ -284,3 +432,105 @@ def test_sqlite_adds_the_new_columns_to_an_older_database_and_keeps_its_rows(tmp
                 await store.close()
 
     asyncio.run(go())
+
+
+# --- Redis only: key layout, bounds, and what a cluster needs ------------------------------
+def _redis(url: str, body: Callable[[RedisStore], Awaitable[Any]], **kwargs: Any) -> Any:
+    return _run(lambda: RedisStore(url, **kwargs), body)
+
+
+@pytest.mark.cluster
+def test_redis_keeps_one_visitors_keys_in_one_hash_slot(redis_url: str, redis_server: RedisServer) -> None:
+    async def body(store: RedisStore) -> None:
+        await store.save_visitor(Visitor("AB12CD", first_seen=1, last_seen=2))
+        await store.save_session(_open("s1", "AB12CD", 10.0))
+        await store.save_session(SessionRecord("s2", "AB12CD", started=1.0, ended=2.0))
+
+    _redis(redis_url, body)
+    with redis_server.client() as r:
+        own = sorted(k.decode() for k in r.keys("*{AB12CD}*"))
+    assert own == [
+        "cobrowse:{AB12CD}:s:s1",
+        "cobrowse:{AB12CD}:s:s2",
+        "cobrowse:{AB12CD}:sessions",
+        "cobrowse:{AB12CD}:v",
+    ]
+    assert {key_slot(k.encode()) for k in own} == {key_slot(b"AB12CD")}
+
+
+@pytest.mark.cluster
+def test_redis_recent_index_stays_bounded_and_keeps_the_most_recent(redis_url: str, redis_server: RedisServer) -> None:
+    async def body(store: RedisStore) -> list[str]:
+        for i in range(12):
+            await store.save_visitor(Visitor(f"V{i:02d}", first_seen=1, last_seen=100 + i))
+        assert await store.get_visitor("V00") is not None  # trimmed from the index, still read by id
+        return [v.short_id for v in await store.latest_visitors(100)]
+
+    assert _redis(redis_url, body, recent=5) == ["V11", "V10", "V09", "V08", "V07"]
+    with redis_server.client() as r:
+        assert r.zcard("cobrowse:idx:recent") == 5
+
+
+@pytest.mark.cluster
+def test_redis_search_reads_indexes_in_pages_never_the_keyspace(redis_url: str, redis_server: RedisServer) -> None:
+    async def body(store: RedisStore) -> None:
+        for i in range(30):
+            await store.save_visitor(Visitor(f"P{i:02d}", tags=["#even" if i % 2 == 0 else "#odd"], last_seen=i))
+        await store.save_visitor(Visitor("ON", tags=["#odd"], last_seen=1, online=True))
+        with redis_server.client() as r:
+            r.config_resetstat()
+        got = await store.search_visitors(parse_search("tag:#odd"), 4)
+        assert [v.short_id for v in got] == ["ON", "P29", "P27", "P25"]
+        assert [v.short_id for v in await store.search_visitors(parse_search("online:false even"), 2)] == ["P28", "P26"]
+        assert [v.short_id for v in await store.search_visitors(parse_search("online:true"), 9)] == ["ON"]
+        with redis_server.client() as r:
+            stats = r.info("commandstats")
+        assert not {"cmdstat_keys", "cmdstat_scan"} & set(stats), stats
+        assert stats["cmdstat_zrevrange"]["calls"] == 6  # 3 + 1 + 2 pages of 7: each search stops at its limit
+
+    _redis(redis_url, body, page=7)
+
+
+@pytest.mark.cluster
+def test_redis_expiry_checks_each_candidate_against_its_hash(redis_url: str, redis_server: RedisServer) -> None:
+    async def body(store: RedisStore) -> None:
+        await store.save_visitor(Visitor("RACED", first_seen=1, last_seen=10))
+        await store.save_session(SessionRecord("s1", "RACED", started=5.0, ended=8.0))
+        with redis_server.client() as r:  # a stale index entry, as a race between two nodes could leave
+            r.zadd("cobrowse:idx:nosession", {"RACED": 10, "DELETED": 10})
+        assert await store.expire_visitors(100.0) == 0
+        assert await store.get_visitor("RACED") is not None
+        with redis_server.client() as r:
+            assert r.zcard("cobrowse:idx:nosession") == 0
+
+    _redis(redis_url, body)
+
+
+@pytest.mark.cluster
+def test_redis_nonce_expires_with_its_grant(redis_url: str, redis_server: RedisServer) -> None:
+    exp = time.time() + 60
+
+    async def body(store: RedisStore) -> None:
+        assert await store.use_nonce("n1", exp) is True
+
+    _redis(redis_url, body)
+    with redis_server.client() as r:
+        assert abs(r.expiretime("cobrowse:nonce:n1") - exp) <= 1
+
+
+@pytest.mark.cluster
+def test_redis_ping_is_false_on_a_read_only_replica_and_a_dead_server(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(redis_server.port))
+    try:
+        assert _redis(replica.url, lambda store: store.ping()) is False
+        assert _redis(redis_server.url, lambda store: store.ping()) is True
+
+        async def stopped(store: RedisStore) -> bool:
+            replica.stop()
+            return await store.ping()
+
+        assert _redis(replica.url, stopped) is False
+    finally:
+        replica.stop()

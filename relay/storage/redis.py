@@ -1,0 +1,446 @@
+"""The cluster store: Redis (one server, Sentinel or Redis Cluster) through ``redis.asyncio``.
+
+Persistence is Redis's own. The lines an operator puts in ``redis.conf``::
+
+    appendonly yes              # every write goes to the AOF
+    appendfsync everysec        # a crash of the host costs at most about a second
+    maxmemory-policy noeviction # a full Redis refuses writes; it never drops visitors or nonces
+
+Key layout (``P`` is the prefix, ``cobrowse`` by default)::
+
+    P:{SHORT}:v            hash    one visitor; each field an orjson value
+    P:{SHORT}:sessions     zset    that visitor's session ids by start time
+    P:{SHORT}:s:SESSION    hash    one session; each field an orjson value
+    P:session:SESSION      string  the short id whose tag holds SESSION
+    P:idx:recent           zset    short ids by last_seen, trimmed to the most recent ``recent``
+    P:idx:online           zset    short ids of online visitors by last_seen
+    P:idx:nosession        zset    short ids of visitors without a session by last_seen
+    P:idx:open             zset    ids of sessions not ended, by start time
+    P:nonce:NONCE          string  a used grant nonce, expiring when the grant does
+    P:probe                string  what :meth:`RedisStore.ping` writes (100 ms TTL)
+
+One visitor's keys share the hash tag ``{SHORT}``, so they live in one slot
+and the only multi-key operations (a ``MULTI`` or a Lua script) stay inside
+it; every global key is touched by its own command, never in a transaction
+with another slot. That is what Redis Cluster allows. Short ids and the
+prefix carry no braces.
+
+The global indexes are hints, the visitor and session hashes the truth: an
+index entry left behind by a race (two nodes writing one visitor) is checked
+against the hash before it is acted on. Search never lists keys: it reads
+the recent index page by page (:data:`PAGE` members, their hashes in one
+pipeline) and stops at ``limit`` matches, so a visitor trimmed out of the
+most recent ``recent`` is no longer found (it is still read by its id).
+
+``RedisStore(url, cluster=True)`` speaks to a Redis Cluster through
+``redis.asyncio.RedisCluster``; the contract suite runs it on a one-node
+cluster, which refuses whatever crosses slots. Choosing this adapter from the
+settings (``REDIS_URL``) is left to the cluster work, and so is a per-node
+:meth:`RedisStore.mark_all_offline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .base import SearchQuery, SessionRecord, Visitor
+
+__all__ = ["RedisStore", "RECENT", "PAGE"]
+
+RECENT = 10_000  # visitors the recent index keeps: what latest_visitors and search can see
+PAGE = 200  # index members read per round trip by search, latest_visitors, open_sessions, expiry
+
+_VISITOR_FIELDS = tuple(f.name for f in dataclasses.fields(Visitor))
+_SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
+# Matched by free text (as their orjson text, like the SQLite adapter's JSON columns).
+_TEXT_FIELDS = ("short_id", "unique_id", "identities", "tags", "lookup_code", "last_url")
+
+# KEYS[1] a session hash. End it if it is open; 1 if it was.
+_CLOSE = """
+if redis.call('HGET', KEYS[1], 'ended') ~= 'null' then return 0 end
+redis.call('HSET', KEYS[1], 'ended', ARGV[1], 'end_reason', ARGV[2], 'state', '""')
+return 1
+"""
+# KEYS[1] a visitor hash, KEYS[2] its sessions. Delete it if past ARGV[1], offline and
+# sessionless: 1 deleted, 0 kept, -1 not a candidate any more (has sessions, or gone).
+_EXPIRE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local f = redis.call('HMGET', KEYS[1], 'last_seen', 'online')
+if not f[1] then return -1 end
+if f[2] == 'true' or tonumber(f[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+# KEYS[1] a visitor hash: mark it offline if it still exists.
+_OFFLINE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'online', 'false', 'in_session', 'false')
+return 1
+"""
+
+
+def _dump(value: object) -> bytes:
+    return orjson.dumps(value)
+
+
+def _fields(obj: object, names: Iterable[str]) -> dict[Any, bytes]:
+    return {name: _dump(getattr(obj, name)) for name in names}
+
+
+def _load(raw: Mapping[Any, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The known fields of a stored hash, decoded (fields a newer version added are ignored)."""
+    got = {k.decode(): orjson.loads(v) for k, v in raw.items()}
+    return {k: v for k, v in got.items() if k in names}
+
+
+def _visitor(raw: Mapping[Any, Any]) -> Visitor:
+    v = Visitor(**_load(raw, _VISITOR_FIELDS))
+    v.first_seen, v.last_seen = float(v.first_seen), float(v.last_seen)
+    return v
+
+
+def _session(raw: Mapping[Any, Any]) -> SessionRecord:
+    s = SessionRecord(**_load(raw, _SESSION_FIELDS))
+    s.started = float(s.started)
+    s.ended = None if s.ended is None else float(s.ended)
+    return s
+
+
+def _ids(members: Iterable[Any]) -> list[str]:
+    """Sorted-set members (bytes from the server) as str."""
+    return [m.decode() for m in members]
+
+
+def _text(v: Visitor, name: str) -> str:
+    value = getattr(v, name)
+    return (value if isinstance(value, str) else _dump(value).decode()).lower()
+
+
+def _matches(v: Visitor, q: SearchQuery) -> bool:
+    """Whether ``v`` is found by ``q``: the documented syntax, as the SQLite adapter reads it.
+
+    Every free-text term is a case-insensitive substring of one of the text
+    fields; every ``field:value`` one of that field; ``online`` is equal.
+    """
+    if q.online is not None and v.online != q.online:
+        return False
+    if not all(any(t.lower() in _text(v, f) for f in _TEXT_FIELDS) for t in q.text):
+        return False
+    return all(value.lower() in _text(v, col) for col, value in q.fields)
+
+
+class RedisStore:
+    """The :class:`~relay.storage.base.Store` port over Redis.
+
+    A completed write is in Redis (durable as its AOF policy says). Writes
+    to one visitor or one session are applied in the order they were made,
+    even when their callers run concurrently; a write goes on when its
+    caller is cancelled. Reads see every write made before them, pending ones
+    included: they wait for those first.
+    """
+
+    def __init__(
+        self, url: str, prefix: str = "cobrowse", *, cluster: bool = False, recent: int = RECENT, page: int = PAGE
+    ) -> None:
+        """``url`` names one server (or, with ``cluster``, any node of a Redis Cluster).
+
+        ``recent`` bounds the recent index (what search and latest see),
+        ``page`` the members read per round trip.
+        """
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain braces (they make the hash tag)")
+        self._url = url
+        self._cluster = cluster
+        self._p = prefix
+        self._recent = recent
+        self._page = page
+        self._r: aioredis.Redis | aioredis.RedisCluster | None = None
+        self._tails: dict[str, asyncio.Task[None]] = {}  # last pending write per visitor/session
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # --- keys ----------------------------------------------------------------------------
+    def _vkey(self, short_id: str) -> str:
+        return f"{self._p}:{{{short_id}}}:v"
+
+    def _vsessions(self, short_id: str) -> str:
+        return f"{self._p}:{{{short_id}}}:sessions"
+
+    def _skey(self, short_id: str, session_id: str) -> str:
+        return f"{self._p}:{{{short_id}}}:s:{session_id}"
+
+    def _spointer(self, session_id: str) -> str:
+        return f"{self._p}:session:{session_id}"
+
+    def _idx(self, name: str) -> str:
+        return f"{self._p}:idx:{name}"
+
+    @property
+    def _redis(self) -> aioredis.Redis | aioredis.RedisCluster:
+        if self._r is None:
+            raise RuntimeError("store is closed")
+        return self._r
+
+    # --- write ordering ------------------------------------------------------------------
+    def _submit(self, key: str, write: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Start ``write`` after the pending write of ``key`` (if any); it runs to its end."""
+        prev = self._tails.get(key)
+        task = asyncio.get_running_loop().create_task(self._after(prev, write))
+        self._tails[key] = task
+        self._pending.add(task)
+        task.add_done_callback(partial(self._forget, key))
+        return task
+
+    @staticmethod
+    async def _after(prev: asyncio.Task[None] | None, write: Callable[[], Awaitable[None]]) -> None:
+        if prev is not None:
+            await asyncio.wait([prev])
+        await write()
+
+    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if self._tails.get(key) is task:
+            del self._tails[key]
+
+    async def _settled(self, key: str | None = None) -> None:
+        """Wait for the pending writes of ``key`` (or every pending write); their errors are theirs."""
+        tasks = list(self._pending) if key is None else [t for t in (self._tails.get(key),) if t is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect and check that the server answers (raises if it does not)."""
+        options: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10}
+        r = (
+            aioredis.RedisCluster.from_url(self._url, **options)
+            if self._cluster
+            else aioredis.from_url(self._url, **options)
+        )
+        self._r = r
+        self._close_script = r.register_script(_CLOSE)
+        self._expire_script = r.register_script(_EXPIRE)
+        self._offline_script = r.register_script(_OFFLINE)
+        await r.ping()
+
+    async def close(self) -> None:
+        """Let pending writes finish, then disconnect."""
+        await self._settled()
+        if self._r is not None:
+            await self._r.aclose()
+            self._r = None
+
+    async def ping(self) -> bool:
+        """True when the store can *write* now: a probe key is set (100 ms TTL) within one second.
+
+        A read-only replica, an unreachable or a full (``noeviction``) server answer False.
+        """
+        try:
+            async with asyncio.timeout(1.0):
+                return bool(await self._redis.set(f"{self._p}:probe", b"1", px=100))
+        except (RedisError, OSError, TimeoutError, RuntimeError):
+            return False
+
+    # --- visitors ------------------------------------------------------------------------
+    async def save_visitor(self, v: Visitor) -> None:
+        """Upsert ``v``; its first ``first_seen`` is kept."""
+        snapshot = dataclasses.replace(v, identities=list(v.identities), tags=list(v.tags))
+        await asyncio.shield(self._submit(f"v:{v.short_id}", partial(self._put_visitor, snapshot)))
+
+    async def _put_visitor(self, v: Visitor) -> None:
+        key = self._vkey(v.short_id)
+        async with self._redis.pipeline(transaction=True) as tx:
+            tx.hsetnx(key, "first_seen", _dump(v.first_seen))
+            tx.hset(key, mapping=_fields(v, (n for n in _VISITOR_FIELDS if n != "first_seen")))
+            tx.exists(self._vsessions(v.short_id))
+            *_, has_sessions = await tx.execute()
+        await self._index_visitor(v, bool(has_sessions))
+
+    async def _index_visitor(self, v: Visitor, has_sessions: bool) -> None:
+        """Update the global indexes for ``v``: separate commands, one per index key."""
+        sid, seen = v.short_id, v.last_seen
+        async with self._redis.pipeline(transaction=False) as p:
+            p.zadd(self._idx("recent"), {sid: seen})
+            p.zremrangebyrank(self._idx("recent"), 0, -self._recent - 1)
+            if v.online:
+                p.zadd(self._idx("online"), {sid: seen})
+            else:
+                p.zrem(self._idx("online"), sid)
+            if has_sessions:
+                p.zrem(self._idx("nosession"), sid)
+            else:
+                p.zadd(self._idx("nosession"), {sid: seen})
+            await p.execute()
+
+    async def get_visitor(self, short_id: str) -> Visitor | None:
+        await self._settled(f"v:{short_id}")
+        raw = await self._redis.hgetall(self._vkey(short_id))
+        return _visitor(raw) if raw else None
+
+    async def latest_visitors(self, limit: int) -> list[Visitor]:
+        """Online visitors first, then the most recently seen (among the ``recent`` kept)."""
+        return await self.search_visitors(SearchQuery(), limit)
+
+    async def search_visitors(self, q: SearchQuery, limit: int) -> list[Visitor]:
+        """Matches of ``q``, online first then most recent; bounded by the online and recent indexes.
+
+        Reads the online index, then the recent one, :data:`PAGE` members a
+        round trip, and stops once ``limit`` visitors matched.
+        """
+        await self._settled()
+        found: list[Visitor] = []
+        if limit <= 0:
+            return found
+        seen: set[str] = set()
+        indexes = {True: ("online",), False: ("recent",), None: ("online", "recent")}[q.online]
+        for name in indexes:
+            async with contextlib.aclosing(self._walk(self._idx(name), seen)) as walk:
+                async for v in walk:
+                    if _matches(v, q):
+                        found.append(v)
+                        if len(found) >= limit:
+                            return found
+        return found
+
+    async def _walk(self, index: str, seen: set[str]) -> AsyncGenerator[Visitor, None]:
+        """Visitors of ``index``, highest score first, skipping (and adding to) ``seen``."""
+        start = 0
+        while True:
+            ids = _ids(await self._redis.zrevrange(index, start, start + self._page - 1))
+            if not ids:
+                return
+            start += len(ids)
+            fresh = [i for i in ids if i not in seen]
+            seen.update(fresh)
+            for raw in await self._hgetall_many(self._vkey(i) for i in fresh):
+                if raw:
+                    yield _visitor(raw)
+
+    async def _hgetall_many(self, keys: Iterable[str]) -> list[dict[Any, Any]]:
+        async with self._redis.pipeline(transaction=False) as p:
+            for key in keys:
+                p.hgetall(key)
+            return list(await p.execute())
+
+    async def mark_all_offline(self) -> None:
+        """Mark every visitor of the online index offline and out of session.
+
+        Run at start-up of a single node. In cluster mode this must only mark
+        the visitors *this node* had online (another node's are live): that
+        needs a per-node online set, left for the cluster work.
+        """
+        await self._settled()
+        online = self._idx("online")
+        while ids := _ids(await self._redis.zrange(online, 0, self._page - 1)):
+            for i in ids:
+                await self._offline_script(keys=[self._vkey(i)])
+            await self._redis.zrem(online, *ids)
+
+    # --- nonces --------------------------------------------------------------------------
+    async def use_nonce(self, nonce: str, expires: float) -> bool:
+        """``SET NX`` with the grant's expiry: single use across every node sharing this Redis."""
+        at = max(1, math.ceil(expires))
+        return bool(await self._redis.set(f"{self._p}:nonce:{nonce}", b"1", nx=True, exat=at))
+
+    # --- sessions ------------------------------------------------------------------------
+    async def save_session(self, s: SessionRecord) -> None:
+        """Upsert ``s`` (a save after a close reopens it, as in every adapter)."""
+        snapshot = SessionRecord(**orjson.loads(orjson.dumps(dataclasses.asdict(s))))
+        await asyncio.shield(self._submit(f"s:{s.id}", partial(self._put_session, snapshot)))
+
+    async def _put_session(self, s: SessionRecord) -> None:
+        async with self._redis.pipeline(transaction=True) as tx:
+            tx.hset(self._skey(s.visitor, s.id), mapping=_fields(s, _SESSION_FIELDS))
+            tx.zadd(self._vsessions(s.visitor), {s.id: s.started})
+            await tx.execute()
+        async with self._redis.pipeline(transaction=False) as p:
+            p.set(self._spointer(s.id), s.visitor.encode())
+            p.zrem(self._idx("nosession"), s.visitor)
+            if s.ended is None:
+                p.zadd(self._idx("open"), {s.id: s.started})
+            else:
+                p.zrem(self._idx("open"), s.id)
+            await p.execute()
+
+    async def _session_keys(self, ids: Sequence[str]) -> list[str | None]:
+        """The hash key of each session id (None for an unknown one)."""
+        async with self._redis.pipeline(transaction=False) as p:
+            for i in ids:
+                p.get(self._spointer(i))
+            owners = await p.execute()
+        return [None if o is None else self._skey(o.decode(), i) for i, o in zip(ids, owners, strict=True)]
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        await self._settled(f"s:{session_id}")
+        (key,) = await self._session_keys([session_id])
+        raw = await self._redis.hgetall(key) if key else None
+        return _session(raw) if raw else None
+
+    async def sessions_for(self, short_id: str, limit: int) -> list[SessionRecord]:
+        await self._settled()
+        if limit <= 0:
+            return []
+        ids = _ids(await self._redis.zrevrange(self._vsessions(short_id), 0, limit - 1))
+        raws = await self._hgetall_many(self._skey(short_id, i) for i in ids)
+        return [_session(raw) for raw in raws if raw]
+
+    async def open_sessions(self) -> list[SessionRecord]:
+        """Every session not yet ended, oldest first (the open index, checked against each hash)."""
+        await self._settled()
+        ids = _ids(await self._redis.zrange(self._idx("open"), 0, -1))
+        out: list[SessionRecord] = []
+        for at in range(0, len(ids), self._page):
+            keys = [k for k in await self._session_keys(ids[at : at + self._page]) if k]
+            out += [s for s in map(_session, filter(None, await self._hgetall_many(keys))) if s.ended is None]
+        return out
+
+    async def close_sessions(self, ids: Sequence[str], ended: float, reason: str) -> int:
+        """End the open sessions among ``ids`` (each atomically, in its visitor's slot)."""
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return 0
+        await self._settled()  # a pending save of one of them must not reopen it afterwards
+        closed = 0
+        for key in await self._session_keys(unique):
+            if key is not None:
+                closed += int(await self._close_script(keys=[key], args=[_dump(ended), _dump(reason)]))
+        await self._redis.zrem(self._idx("open"), *unique)
+        return closed
+
+    async def expire_visitors(self, cutoff: float) -> int:
+        """Delete visitors past ``cutoff``, offline, sessionless; candidates from the nosession index.
+
+        Each candidate is checked and deleted atomically in its own slot.
+        """
+        await self._settled()
+        index, deleted, offset = self._idx("nosession"), 0, 0
+        while ids := _ids(await self._redis.zrangebyscore(index, "-inf", f"({cutoff!r}", start=offset, num=self._page)):
+            for i in ids:
+                outcome = await self._expire_one(i, cutoff)
+                offset += outcome == 0  # kept: stays in the index, ahead of the next page
+                deleted += outcome == 1
+        return deleted
+
+    async def _expire_one(self, short_id: str, cutoff: float) -> int:
+        """1 deleted, 0 kept (online or seen since), -1 no candidate any more (dropped from the index)."""
+        keys = [self._vkey(short_id), self._vsessions(short_id)]
+        outcome = int(await self._expire_script(keys=keys, args=[repr(cutoff)]))
+        if outcome != 0:
+            await self._forget_visitor(short_id, gone=outcome == 1)
+        return outcome
+
+    async def _forget_visitor(self, short_id: str, *, gone: bool) -> None:
+        """Drop ``short_id`` from the nosession index, and from every index when it was deleted."""
+        async with self._redis.pipeline(transaction=False) as p:
+            for name in ("nosession", "recent", "online") if gone else ("nosession",):
+                p.zrem(self._idx(name), short_id)
+            await p.execute()
