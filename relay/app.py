@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from protocol import CloseCode
 
+from . import metrics
 from .api import onprem, pages
 from .api._http import JSON, ApiError, api_http_error
 from .core.restore import RELAY_RESTART, restore
@@ -38,7 +39,7 @@ async def health(request: Request) -> Response:
     """200 with an empty body when ready; 503 when starting, draining or the store is down."""
     state = request.app.state
     service: Service | None = getattr(state, "service", None)
-    if service is None or service.draining or not state.ready or not await service.store.ping():
+    if service is None or service.draining or not state.ready or not await metrics.timed_ping(state, service.store):
         return Response(status_code=503)
     return Response(status_code=200)
 
@@ -52,6 +53,7 @@ def _routes() -> list[BaseRoute]:
     return [
         Route("/health", health, methods=["GET", "HEAD"]),
         Route("/stats", stats, methods=["GET"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/api", onprem.index, methods=["GET", "HEAD"]),
         Mount("/api", routes=onprem.routes),
         WebSocketRoute("/ws/visitor", visitor_endpoint),
@@ -120,6 +122,7 @@ def create_app(settings: Settings) -> Starlette:
         service = Service(settings, store)
         await _restore(service)
         app.state.service = service
+        app.state.metrics = metrics.RelayMetrics(service, app.state)  # a registry of its own, never the global one
         sweeper = asyncio.get_running_loop().create_task(_sweeper(service))
         app.state.ready = True
         try:

@@ -112,6 +112,7 @@ class SessionState(Enum):
 
 
 _ORDERED, _LATEST, _CONTROL = Routing.ORDERED, Routing.LATEST, Routing.CONTROL
+_CLOSED_SLOW = float("inf")  # stalled_since of a peer closed as slow: never past the deadline again
 
 
 class _Held:
@@ -126,7 +127,7 @@ class _Held:
 class Outbox:
     """One peer's outbound path: the link, and what is held while it is backed up."""
 
-    __slots__ = ("_latest", "held_ordered", "high", "link", "max_ordered", "queue", "replay_next")
+    __slots__ = ("_latest", "counts", "held_ordered", "high", "link", "max_ordered", "queue", "replay_next")
 
     def __init__(self, link: Link, high: int, max_ordered: int) -> None:
         self.link = link
@@ -136,6 +137,7 @@ class Outbox:
         self._latest: dict[int, _Held] = {}
         self.held_ordered = 0
         self.replay_next = 0  # 0: not replaying; else the next log seq to send (1: from the keyframe)
+        self.counts: Hub | None = None  # whose counters an overflow resync adds to (set by Hub.new_peer)
 
     @property
     def needs_resync(self) -> bool:
@@ -163,6 +165,8 @@ class Outbox:
             if self.held_ordered > self.max_ordered:
                 self.clear()
                 self.replay_next = 1  # resynchronise from the keyframe
+                if self.counts is not None:
+                    self.counts.resyncs_overflow += 1
         else:
             self.queue.append(_Held(kind, frame, 0))
 
@@ -217,7 +221,11 @@ class Peer:
     def send(self, msg: Message) -> None:
         info = KIND_INFO[msg.KIND]
         assert info is not None
-        self.outbox.send(encode(msg), info.routing, msg.KIND)
+        frame = encode(msg)
+        hub = self.room.hub
+        hub.out_session += 1  # every kind the relay itself sends is session-class
+        hub.out_session_bytes += len(frame)
+        self.outbox.send(frame, info.routing, msg.KIND)
 
     def close(self, code: int, reason: str = "") -> None:
         self.outbox.clear()
@@ -306,6 +314,8 @@ class Room:
             self.visitor.outbox.link.set_max_message(self.hub.config.limits.max_keyframe)
         self.hub.listener.session_changed(self)
         accept = encode(SessionAccept(session=self.session_id))
+        self.hub.out_session += len(self.viewers)
+        self.hub.out_session_bytes += len(self.viewers) * len(accept)
         for v in self.viewers:
             v.outbox.send(accept, Routing.SESSION, Kind.SESSION_ACCEPT)
 
@@ -317,6 +327,8 @@ class Room:
             ended_frame = encode(SessionDecline(session=self.session_id, reason=reason))
         else:
             ended_frame = encode(ended)
+        self.hub.out_session += len(self.viewers)
+        self.hub.out_session_bytes += len(self.viewers) * len(ended_frame)
         for v in list(self.viewers):
             v.outbox.send(ended_frame, Routing.SESSION, 0)
             v.close(viewer_code, reason)
@@ -388,6 +400,7 @@ class Room:
         self.viewers.append(peer)
         if self.state is SessionState.LIVE:
             peer.send(SessionAccept(session=self.session_id))
+            self.hub.resyncs_joined += 1
             self.replay(peer, resume_epoch, resume_seq)
         elif new_session:
             self._request_visitor()
@@ -451,13 +464,18 @@ class Room:
         if nxt < first:
             nxt = first  # a newer keyframe truncated the log: start from it
         link, high = ob.link, ob.high
+        hub, start = self.hub, nxt
         while nxt < end and link.buffered() < high:
             link.write(log_[nxt - first])
             nxt += 1
+        hub.out_ordered += nxt - start
+        hub.out_ordered_bytes += sum(map(len, log_[start - first : nxt - first]))
         if nxt < end:
             ob.replay_next = nxt
             return
         ob.replay_next = 0  # caught up: live frames flow again
+        hub.out_latest += len(self.latest)
+        hub.out_latest_bytes += sum(map(len, self.latest.values()))
         for kind, frame in self.latest.items():
             ob.send(frame, Routing.LATEST, kind)
 
@@ -466,6 +484,9 @@ class Room:
         info = _fast_peek(data, self.hub.config.limits)
         routing = info.routing
         if routing is _ORDERED:
+            hub = self.hub
+            hub.in_ordered += 1
+            hub.in_ordered_bytes += len(data)
             if self.state is not SessionState.LIVE:
                 return  # nothing streams before the visitor accepted
             kind = info.kind
@@ -489,24 +510,36 @@ class Room:
                 self.log_bytes += len(frame)
                 if self.log_bytes > cfg.log_max_bytes:
                     self._ask_keyframe("log full")
+            n = len(self.viewers)
+            hub.out_ordered += n
+            hub.out_ordered_bytes += n * len(frame)
             for v in self.viewers:
                 v.outbox.send(frame, _ORDERED, kind)
         elif routing is _LATEST:
+            hub = self.hub
+            hub.in_latest += 1
+            hub.in_latest_bytes += len(data)
             if self.state is not SessionState.LIVE:
                 return
             kind = info.kind
             self.latest[kind] = data
+            n = len(self.viewers)
+            hub.out_latest += n
+            hub.out_latest_bytes += n * len(data)
             for v in self.viewers:
                 v.outbox.send(data, _LATEST, kind)
         elif info.senders.isdisjoint(_VISITOR_ROLE):
             raise ProtocolError("bad_value", f"{info.kind.name} is not sent by visitors")
         else:
+            self.hub.in_session += 1
+            self.hub.in_session_bytes += len(data)
             msg = decode(data, self.hub.config.limits)
             self.hub.listener.message(self, peer, msg)
 
     def _ask_keyframe(self, reason: str) -> None:
         if self.visitor is not None and not self.resync_asked:
             self.resync_asked = True
+            self.hub.keyframes_asked += 1
             self.visitor.send(ResyncRequest(reason=reason))
             self.hub.listener.keyframe_asked(self, reason)
 
@@ -514,6 +547,8 @@ class Room:
     def from_viewer(self, peer: Peer, data: bytes) -> None:
         h = peek(data, self.hub.config.limits)
         if h.routing is _CONTROL:
+            self.hub.in_control += 1
+            self.hub.in_control_bytes += len(data)
             perm = h.info.permission
             if perm is not None and perm.value not in peer.permissions:
                 self.forbidden += 1
@@ -527,10 +562,14 @@ class Room:
                 self.features.add(perm.value)
                 self.hub.listener.session_changed(self)  # stored: it survives a crash
             if self.visitor is not None and self.state is SessionState.LIVE:
+                self.hub.out_control += 1
+                self.hub.out_control_bytes += len(data)
                 self.visitor.outbox.send(data, _CONTROL, h.kind)
         elif h.info.senders.isdisjoint(_VIEWER_ROLE):
             raise ProtocolError("bad_value", f"{h.kind.name} is not sent by viewers")
         else:
+            self.hub.in_session += 1
+            self.hub.in_session_bytes += len(data)
             msg = decode(data, self.hub.config.limits)
             self.hub.listener.message(self, peer, msg)
 
@@ -561,6 +600,19 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.rescued = 0  # peers the sweep found drained with frames still waiting
         self.forbidden = 0  # control frames dropped for want of a permission, all rooms
+        # Monotonic counters read by /metrics at scrape time (relay/metrics.py); plain ints so the
+        # hot path pays one attribute increment. in_*: frames the hub routed from peers, by routing
+        # class (one refused by a rate limit or malformed is not routed); out_*: frames handed to
+        # peers' outboxes or written from the log (a fan-out counts once per recipient).
+        self.in_ordered = self.in_ordered_bytes = self.out_ordered = self.out_ordered_bytes = 0
+        self.in_latest = self.in_latest_bytes = self.out_latest = self.out_latest_bytes = 0
+        self.in_control = self.in_control_bytes = self.out_control = self.out_control_bytes = 0
+        self.in_session = self.in_session_bytes = self.out_session = self.out_session_bytes = 0
+        self.resyncs_joined = 0  # replays for a viewer seated in a live session (late joiner, resume)
+        self.resyncs_overflow = 0  # replays after a viewer's ordered queue overflowed
+        self.resyncs_requested = 0  # replays a viewer asked for (RESYNC_REQUEST), counted by the service
+        self.keyframes_asked = 0  # RESYNC_REQUESTs sent to visitors
+        self.slow_closed = 0  # peers the sweep closed as slow (4001)
 
     def room(self, visitor_id: str) -> Room:
         room = self.rooms.get(visitor_id)
@@ -574,6 +626,7 @@ class Hub:
 
     def new_peer(self, role: str, peer_id: str, link: Link, room: Room) -> Peer:
         outbox = Outbox(link, self.config.high_water, self.config.max_ordered)
+        outbox.counts = self
         return Peer(role, peer_id, outbox, room)
 
     def drained(self, peer: Peer) -> None:
@@ -597,6 +650,8 @@ class Hub:
                     peer.stalled_since = now
                 elif now - peer.stalled_since > cfg.slow_timeout:
                     log.info("closing slow %s %s", peer.role, peer.id)
+                    self.slow_closed += 1
+                    peer.stalled_since = _CLOSED_SLOW  # closed: counted once while its close frame waits
                     peer.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             else:
                 peer.stalled_since = None

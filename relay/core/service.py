@@ -258,7 +258,7 @@ class Service:
                 expires=time.time() + 12 * 3600,
             )
         )
-        return encode(
+        frame = encode(
             Welcome(
                 version=PROTOCOL_VERSION,
                 session=room.session_id,
@@ -270,6 +270,9 @@ class Service:
                 permissions=tuple(sorted(peer.permissions)),
             )
         )
+        self.hub.out_session += 1
+        self.hub.out_session_bytes += len(frame)
+        return frame
 
     # --- frames ---------------------------------------------------------------------
     def on_frame(self, peer: Peer, data: bytes) -> None:
@@ -329,6 +332,7 @@ class Service:
                 if peer.outbox.replay_next or (peer.rates is not None and not peer.rates.resync(time.monotonic())):
                     self.counters["resyncs_refused"] += 1  # one replay at a time, a few per second
                 else:
+                    self.hub.resyncs_requested += 1
                     room.replay(peer)
             case PermissionsUpdate() if peer.role == "visitor":
                 room.set_visitor_allow(msg.permissions)
