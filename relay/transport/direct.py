@@ -258,6 +258,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         super().send_500_response()
 
     def data_received(self, data: bytes) -> None:
+        if self.close_sent and self.conn.eof_sent:
+            return  # failed: what is still in flight is dropped unparsed; the linger waits for EOF
         super().data_received(data)
         if not self.handshake_initiated and self.conn.handshake_exc is not None:
             # websockets refused the request head (too long, too many headers) and
