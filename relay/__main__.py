@@ -8,7 +8,6 @@ address cannot be listened on, 2 for an invalid setting or argument. With
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -85,30 +84,6 @@ def _stop(sig: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _read_settings(environ: Mapping[str, str]) -> tuple[Settings, int]:
-    """Settings.from_env and the port to bind, PORT=0 (any free port) included: the
-    parser takes 1..65535, so 0 is read as a stand-in here and the settings follow
-    the port actually bound (:func:`_bound_to`)."""
-    env = dict(environ)
-    if env.get("PORT", "").strip() != "0":
-        settings = Settings.from_env(env)
-        return settings, settings.port
-    env["PORT"] = "65535"
-    return Settings.from_env(env), 0
-
-
-def _bound_to(settings: Settings, environ: Mapping[str, str], port: int) -> Settings:
-    """``settings`` for the port actually bound: the default BASE_ENDPOINT and the
-    default ALLOWED_ORIGINS follow it; an explicit BASE_ENDPOINT is kept."""
-    from .settings import _origins
-
-    env = {**environ, "PORT": str(port)}
-    base_url, base_path = Settings._base(env, settings.host, port)
-    return dataclasses.replace(
-        settings, port=port, base_url=base_url, base_path=base_path, allowed_origins=_origins(env, base_url)
-    )
-
-
 def _listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host``:``port``, bound before anything is printed."""
     family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -161,7 +136,7 @@ def _serve(environ: Mapping[str, str]) -> int:
 
     held = logs.hold()  # settings may log before the format is known
     try:
-        settings, port = _read_settings(environ)
+        settings = Settings.from_env(environ)
     except SettingsError as e:
         print(f"cobrowse-relay: invalid configuration: {e}", file=sys.stderr)
         return 2
@@ -169,11 +144,11 @@ def _serve(environ: Mapping[str, str]) -> int:
     log_config = logs.setup(settings.log_format, settings.log_level, secrets)
     held.replay()
     try:
-        sock = _listen(settings.host, port)
+        sock = _listen(settings.host, settings.port)
     except OSError as e:
-        print(_listen_error(settings.host, port, e), file=sys.stderr)
+        print(_listen_error(settings.host, settings.port, e), file=sys.stderr)
         return 1
-    settings = _bound_to(settings, environ, sock.getsockname()[1])
+    settings = settings.bound_to(environ, sock.getsockname()[1])
     with sock:
         return _run(settings, sock, log_config)
 

@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -30,7 +30,7 @@ class SettingsError(ValueError):
 
 # name: (default shown in docs, meaning). The README's table follows this.
 VARIABLES: dict[str, tuple[str, str]] = {
-    "PORT": ("5002", "TCP port to listen on"),
+    "PORT": ("5002", "TCP port to listen on; 0 for any free port (the banner names the one bound)"),
     "HOST": ("127.0.0.1", "address to bind; 0.0.0.0 to listen on every interface"),
     "BASE_ENDPOINT": ("http://HOST:PORT", "public base URL; its path is the mount point of every route"),
     "SECRET_KEY": ("generated", "key that signs watch grants (>= 16 chars); kept in DATA_DIR/secret_key when unset"),
@@ -170,7 +170,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        port = _int(env, "PORT", 5002, 1, 65535)
+        port = _int(env, "PORT", 5002, 0, 65535)
         host = env.get("HOST", "").strip() or "127.0.0.1"
         base_url, base_path = cls._base(env, host, port)
         data_dir = Path(env.get("DATA_DIR", "").strip() or "data")
@@ -227,6 +227,14 @@ class Settings:
             trusted_proxies=_proxies(env),
             visitor_retention_days=_float(env, "VISITOR_RETENTION_DAYS", 30.0, 0.0, 36500.0),
         )
+
+    def bound_to(self, env: Mapping[str, str], port: int) -> Settings:
+        """These settings for the port actually bound (PORT=0): the default
+        BASE_ENDPOINT and ALLOWED_ORIGINS follow it; an explicit BASE_ENDPOINT is kept."""
+        env = {**env, "PORT": str(port)}
+        base_url, base_path = self._base(env, self.host, port)
+        origins = _origins(env, base_url)
+        return replace(self, port=port, base_url=base_url, base_path=base_path, allowed_origins=origins)
 
     @staticmethod
     def _base(env: Mapping[str, str], host: str, port: int) -> tuple[str, str]:

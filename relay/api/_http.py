@@ -16,6 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..core.limits import TokenBucket
 from ..core.service import Service
 
 __all__ = [
@@ -90,21 +91,18 @@ class RestLimiter:
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
-        self._capacity = float(per_minute)
-        self._refill = per_minute / 60.0
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+        self._buckets: dict[str, TokenBucket] = {}
 
     def take(self, key: str) -> float:
         """Spend one call of ``key``: 0.0 when allowed, else the seconds until one would be."""
         now = self._clock()
-        tokens, when = self._buckets.get(key, (self._capacity, now))
-        tokens = min(self._capacity, tokens + (now - when) * self._refill)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.per_minute / 60.0, float(self.per_minute), now)
+        if bucket.take(1.0, now):
             return 0.0
-        self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self._refill
+        return (1.0 - bucket.tokens) / bucket.rate
 
 
 def _limiter(request: Request) -> RestLimiter:

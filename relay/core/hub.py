@@ -463,13 +463,13 @@ class Room:
         end = first + len(log_)
         if nxt < first:
             nxt = first  # a newer keyframe truncated the log: start from it
-        link, high = ob.link, ob.high
-        hub, start = self.hub, nxt
+        link, high, hub = ob.link, ob.high, self.hub
         while nxt < end and link.buffered() < high:
-            link.write(log_[nxt - first])
+            frame = log_[nxt - first]
+            link.write(frame)
+            hub.out_ordered += 1
+            hub.out_ordered_bytes += len(frame)
             nxt += 1
-        hub.out_ordered += nxt - start
-        hub.out_ordered_bytes += sum(map(len, log_[start - first : nxt - first]))
         if nxt < end:
             ob.replay_next = nxt
             return

@@ -19,9 +19,9 @@ breaking a rate limit is *cooling down*: its new websockets are refused
 before the upgrade (429) for 1 s, doubling with each repeat up to 60 s and
 forgiven after a quiet minute; a flooder that reconnects at once costs an
 HTTP parse, not a handshake and an admission. A new socket's buckets start
-with one second's worth, not the whole burst, for the same reason. Addresses whose buckets are full again are
-forgotten by :meth:`AddressLimits.prune`, so the tables stay as small as the
-set of recently active clients. In cluster mode these counts are per node
+with one second's worth, not the whole burst, for the same reason. Addresses
+whose buckets are full again are forgotten by :meth:`AddressLimits.prune`, so
+the tables stay as small as the set of recently active clients. In cluster mode these counts are per node
 (a shared store for them comes with the cluster).
 """
 

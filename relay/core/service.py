@@ -189,11 +189,11 @@ class Service:
         self._spawn(self.store.save_visitor(visitor))
         return peer
 
-    async def admit_viewer(self, hello: Hello, link: Link, client: ClientInfo | None = None) -> Peer:
+    async def admit_viewer(self, hello: Hello, link: Link, client: ClientInfo) -> Peer:
         slot, room, resumable = await self._viewer_slot(hello.token)
         peer = self.hub.new_peer("viewer", slot.viewer_id, link, room)
         peer.rates = SocketRates(self.rates, time.monotonic())
-        peer.address = client.ip if client is not None else ""
+        peer.address = client.ip
         room.admit_viewer(
             slot,
             peer,
@@ -360,9 +360,6 @@ class Service:
         room.set_visitor_allow(p.allow)
         self._spawn(self.store.save_visitor(visitor))
 
-    def _record(self, room: Room, ended: float | None = None, reason: str = "") -> SessionRecord:
-        return record_of(room, ended, reason)
-
     def consent_asked(self, room: Room) -> None:
         event("consent_asked", session=room.session_id, visitor=room.visitor_id)
 
@@ -375,12 +372,12 @@ class Service:
         if room.state is SessionState.LIVE:
             room.went_live = True
         self._set_in_session(room.visitor_id, True)
-        self._spawn(self.store.save_session(self._record(room)))
+        self._spawn(self.store.save_session(record_of(room)))
 
     def session_ended(self, room: Room, reason: str) -> None:
         event("session_ended", session=room.session_id, visitor=room.visitor_id, reason=reason)
         self._set_in_session(room.visitor_id, False)
-        self._spawn(self.store.save_session(self._record(room, ended=time.time(), reason=reason)))
+        self._spawn(self.store.save_session(record_of(room, ended=time.time(), end_reason=reason)))
         room.went_live = False
 
     def _set_in_session(self, short_id: str, value: bool) -> None:

@@ -203,35 +203,29 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         written, then the socket lingers so the peer reads the code, not a reset."""
         if self.close_sent:
             return
-        self.flush()
-        self.sink = self.on_drain = None
         sent = self.conn.close_sent
-        if self.on_lost is None:
-            code = sent.code if sent is not None else 1006
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": code})
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self._linger()
+        self._failed(sent.code if sent is not None else 1006, "")
 
     def fail(self, code: int, reason: str) -> None:
         """Close with ``code`` and stop reading messages: what is still in flight is discarded."""
         if self.close_sent or self.disconnected or self.transport.is_closing():
             return
+        self.conn.fail(code, reason[:120])  # queued in conn: _failed writes batched frames first
+        self._failed(code, reason)
+
+    def _failed(self, code: int, reason: str) -> None:
+        """websockets has failed the connection: write its close frame, then linger.
+
+        Half-close, then read and discard until the peer closes or ``linger``
+        passes. Closing a socket with unread bytes makes the kernel send a
+        reset, which can overtake the close frame: the peer would read 1006
+        ("retry") where the relay said 4501 ("do not retry")."""
         self.flush()
         self.sink = self.on_drain = None
-        if self.on_lost is None:
+        if self.on_lost is None:  # an endpoint is still waiting on the queue
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        self.conn.fail(code, reason[:120])
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
-        self._linger()
-
-    def _linger(self) -> None:
-        """Half-close, then read and discard until the peer closes or ``linger`` passes.
-
-        Closing a socket with unread bytes makes the kernel send a reset, which
-        can overtake the close frame: the peer would read 1006 ("retry") where
-        the relay said 4501 ("do not retry")."""
         self._settle(0)
         if self.read_paused:
             self.read_paused = False
