@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -16,6 +19,27 @@ import protocol as p
 
 TIMEOUT = 5.0
 _open: list[ClientConnection] = []
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` every 50 ms until it is truthy; return its value, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def upgrade_request(path: str = "/ws/visitor", origin: str | None = None, extra: str = "") -> bytes:
+    """A raw websocket upgrade request head, for tests that speak bytes; ``extra``: more header lines."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    origin_line = f"Origin: {origin}\r\n" if origin else ""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{origin_line}{extra}\r\n"
+    ).encode()
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -103,6 +127,15 @@ class Peer:
 
     async def close(self) -> None:
         await self.ws.close()
+
+    async def flood(self, frame: bytes, count: int) -> int | None:
+        """Send ``frame`` up to ``count`` times, or until the relay closes the socket; its close code."""
+        for _ in range(count):
+            try:
+                await self.raw(frame)
+            except ConnectionClosed:
+                break
+        return await self.closed()
 
 
 async def open_socket(relay: Any, path: str, origin: str | None = "relay", **kw: Any) -> ClientConnection:

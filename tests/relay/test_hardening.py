@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import protocol as p
 
-from .client import Peer, live_session, open_socket, rest, run, viewer, visitor, watch_token
+from .client import Peer, live_session, open_socket, rest, run, upgrade_request, viewer, visitor, wait_for, watch_token
 
 _ids = itertools.count(1)
 
@@ -56,19 +56,11 @@ def read_all(s: socket.socket, limit: float = 10.0) -> bytes:
     return out
 
 
-def upgrade_head(path: str = "/ws/visitor", extra: str = "") -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        f"{extra}\r\n"
-    ).encode()
-
-
 # --- request heads ---------------------------------------------------------------------
 def test_an_upgrade_with_200_headers_is_answered_431_and_closed(relay: Any) -> None:
     extra = "".join(f"X-H{i}: v\r\n" for i in range(200))
     with raw(relay) as s:
-        s.sendall(upgrade_head(extra=extra))
+        s.sendall(upgrade_request(extra=extra))
         answer = read_all(s)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
     assert b'"error":"request_header_fields_too_large"' in answer
@@ -77,7 +69,7 @@ def test_an_upgrade_with_200_headers_is_answered_431_and_closed(relay: Any) -> N
 
 def test_a_16_kib_header_line_is_answered_431_and_closed_for_http_and_websocket(relay: Any) -> None:
     big = "X-Big: " + "a" * 16384 + "\r\n"
-    for head in (upgrade_head(extra=big), f"GET /health HTTP/1.1\r\nHost: x\r\n{big}\r\n".encode()):
+    for head in (upgrade_request(extra=big), f"GET /health HTTP/1.1\r\nHost: x\r\n{big}\r\n".encode()):
         with raw(relay) as s:
             s.sendall(head)
             answer = read_all(s)
@@ -99,7 +91,7 @@ def test_a_declared_body_over_max_body_is_refused_413_before_it_is_sent(relay_fa
 
 def test_slowloris_heads_are_closed_by_the_handshake_timeout_and_health_is_served(relay_factory: Any) -> None:
     relay = relay_factory(HANDSHAKE_TIMEOUT="1").start()
-    head = upgrade_head()
+    head = upgrade_request()
     sockets = [raw(relay) for _ in range(100)]
     try:
         for s in sockets:
@@ -153,11 +145,11 @@ def test_sigterm_with_half_open_sockets_exits_0_and_keeps_what_was_stored(relay_
     for i in range(40):
         s = raw(relay)
         if i % 4 == 0:
-            s.sendall(upgrade_head(extra=big))  # refused
+            s.sendall(upgrade_request(extra=big))  # refused
         elif i % 4 == 1:
-            s.sendall(upgrade_head()[:30])  # half a head
+            s.sendall(upgrade_request()[:30])  # half a head
         elif i % 4 == 2:
-            s.sendall(upgrade_head())  # upgraded, no HELLO
+            s.sendall(upgrade_request())  # upgraded, no HELLO
         half.append(s)  # and i % 4 == 3: nothing at all
     try:
         time.sleep(0.3)
@@ -353,13 +345,7 @@ def test_a_presence_flood_is_closed_4004(relay_factory: Any) -> None:
 
     async def scenario() -> int | None:
         flooder, _ = await visitor(relay, vid())
-        frame = p.encode(p.Presence(url="https://shop.example/x"))
-        for _ in range(1000):
-            try:
-                await flooder.raw(frame)
-            except Exception:
-                break
-        return await flooder.closed()
+        return await flooder.flood(p.encode(p.Presence(url="https://shop.example/x")), 1000)
 
     assert run(scenario()) == p.CloseCode.RATE_LIMITED
 
@@ -505,10 +491,7 @@ def test_visitors_that_never_had_a_session_are_deleted_after_the_retention(relay
     # 1e-5 days is 0.864 s: both were last seen before that; only the one without a session goes.
     again = relay_factory(data_dir=relay.data_dir, VISITOR_RETENTION_DAYS="0.00001").start()
     assert rest(again, "GET", f"/api/visitors/{kept}")[0] == 200
-    deadline = time.monotonic() + 5
-    while rest(again, "GET", f"/api/visitors/{gone}")[0] != 404 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert rest(again, "GET", f"/api/visitors/{gone}")[0] == 404
+    wait_for(lambda: rest(again, "GET", f"/api/visitors/{gone}")[0] == 404, 5, "the sessionless visitor deleted")
 
 
 def test_an_address_whose_socket_was_rate_limited_cools_down_then_is_admitted(relay_factory: Any) -> None:
@@ -516,13 +499,7 @@ def test_an_address_whose_socket_was_rate_limited_cools_down_then_is_admitted(re
 
     async def scenario() -> None:
         flooder, _ = await visitor(relay, vid())
-        ping = p.encode(p.Ping(t=1))
-        for _ in range(200):
-            try:
-                await flooder.raw(ping)
-            except ConnectionClosed:
-                break
-        assert await flooder.closed() == p.CloseCode.RATE_LIMITED
+        assert await flooder.flood(p.encode(p.Ping(t=1)), 200) == p.CloseCode.RATE_LIMITED
         # Reconnecting at once is refused before the upgrade: no handshake, no admission.
         try:
             await open_socket(relay, "/ws/visitor")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import socket
 import struct
@@ -10,6 +9,8 @@ import time
 from typing import Any
 
 import protocol as p
+
+from .client import upgrade_request
 
 
 def _masked(payload: bytes, opcode: int = 0x2) -> bytes:
@@ -37,13 +38,7 @@ def _frames(buf: bytes) -> list[tuple[int, bytes]]:
 def test_peer_that_never_answers_pings_is_closed_with_4002(relay_factory: Any) -> None:
     relay = relay_factory(PING_INTERVAL="0.3", PING_TIMEOUT="0.3").start()
     sock = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            "GET /ws/visitor HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {relay.origin}\r\n\r\n"
-        ).encode()
-    )
+    sock.sendall(upgrade_request(origin=relay.origin))
     data = b""
     while b"\r\n\r\n" not in data:  # like any real client, wait for the 101 before sending
         data += sock.recv(65536)

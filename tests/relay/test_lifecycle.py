@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import http.client
 import os
 import signal
@@ -12,7 +11,6 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +22,7 @@ import protocol as p
 from relay.settings import Settings, SettingsError
 
 from ..conftest import ROOT, free_port
-from .client import live_session, rest, run, visitor
+from .client import live_session, rest, run, upgrade_request, visitor, wait_for
 
 
 @pytest.mark.parametrize(
@@ -83,16 +81,6 @@ def test_base_endpoint_with_a_path_mounts_everything_under_it(relay_factory: Any
     run(scenario())
 
 
-def _wait_for(predicate: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_sigkill_and_restart_keeps_visitors_and_history(relay_factory: Any, tmp_path: Path) -> None:
     data = tmp_path / "durable"
     first = relay_factory(data_dir=data).start()
@@ -112,7 +100,7 @@ def test_sigkill_and_restart_keeps_visitors_and_history(relay_factory: Any, tmp_
         sessions = body["visitor"]["sessions"]
         return sessions and sessions[0]["ended_at"] and body["visitor"]["identities"] == ["Dora"]
 
-    _wait_for(ended)
+    wait_for(ended, 5.0)
     first.stop(signal.SIGKILL)
 
     again = relay_factory(data_dir=data).start()
@@ -195,13 +183,7 @@ class _RawSocket:
 def _raw_visitor(relay: Any) -> _RawSocket:
     """A visitor socket, admitted (its WELCOME read), then read by hand."""
     sock = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            "GET /ws/visitor HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {relay.origin}\r\n\r\n"
-        ).encode()
-    )
+    sock.sendall(upgrade_request(origin=relay.origin))
     data = b""
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)

@@ -24,7 +24,7 @@ from relay.core.hub import Hub, HubConfig, Peer, Room, SessionState, ViewerSlot
 from relay.core.restore import RELAY_RESTART, Restored, record_of, restore
 from relay.storage.base import SessionRecord
 
-from .client import live_session, rest, run, viewer, visitor
+from .client import live_session, rest, run, viewer, visitor, wait_for
 
 WINDOW = 60.0
 T0 = 1000.0  # the hub's clock at the restart
@@ -237,16 +237,6 @@ def test_a_visitor_that_already_has_a_session_keeps_it() -> None:
 
 
 # --- real relays ----------------------------------------------------------------------------
-def _wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def stored_sessions(data_dir: Path) -> list[dict[str, Any]]:
     """The sessions table as the relay's store left it (read while it runs: WAL allows it)."""
     with contextlib.closing(sqlite3.connect(data_dir / "relay.sqlite3")) as db:
@@ -270,7 +260,7 @@ def restart_scenario(relay_factory: Any, tmp_path: Path, sig: signal.Signals, vi
         seen.update(session=welcome.session, resume=welcome.resume, epoch=head.epoch, seq=head.seq + 1)
         # What a crash must not lose: the live state is committed before the kill.
         await asyncio.to_thread(
-            _wait_for,
+            wait_for,
             lambda: [s for s in stored_sessions(data) if s["id"] == welcome.session and s["state"] == "live"],
             what="the live session in the store",
         )
@@ -332,7 +322,7 @@ def test_a_restored_session_nobody_returns_to_is_closed_with_a_reason_when_the_w
     async def before() -> str:
         _, _, welcome = await live_session(first, short_id)
         await asyncio.to_thread(
-            _wait_for, lambda: [s for s in stored_sessions(data) if s["state"] == "live"], what="the live session"
+            wait_for, lambda: [s for s in stored_sessions(data) if s["state"] == "live"], what="the live session"
         )
         await asyncio.to_thread(first.stop, sig)
         return welcome.session
@@ -345,7 +335,7 @@ def test_a_restored_session_nobody_returns_to_is_closed_with_a_reason_when_the_w
         _, body = rest(again, "GET", f"/api/visitors/{short_id}")
         return body["visitor"]["sessions"]
 
-    (session,) = _wait_for(lambda: [s for s in ended() if s["ended_at"]], what="the session to end")
+    (session,) = wait_for(lambda: [s for s in ended() if s["ended_at"]], what="the session to end")
     assert session["id"] == session_id
     (row,) = stored_sessions(data)
     assert row["ended"] is not None and row["end_reason"] in ("visitor_gone", "agent_left") and row["state"] == ""
