@@ -147,9 +147,9 @@ def test_sigterm_with_half_open_sockets_exits_0_and_keeps_what_was_stored(relay_
         if i % 4 == 0:
             s.sendall(upgrade_request(extra=big))  # refused
         elif i % 4 == 1:
-            s.sendall(upgrade_request()[:30])  # half a head
+            s.sendall(upgrade_request(origin=relay.origin)[:30])  # half a head
         elif i % 4 == 2:
-            s.sendall(upgrade_request())  # upgraded, no HELLO
+            s.sendall(upgrade_request(origin=relay.origin))  # upgraded, no HELLO
         half.append(s)  # and i % 4 == 3: nothing at all
     try:
         time.sleep(0.3)
