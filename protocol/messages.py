@@ -75,12 +75,19 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Error:
-    """Non-fatal when ``close_code`` is 0; otherwise the socket closes next."""
+    """Non-fatal when ``close_code`` is 0; otherwise the socket closes next.
+
+    ``node``/``url``: with ``close_code`` 4003 (``session_moved``), the node that
+    owns the session (its NODE_NAME) and that node's public base URL ("" when it
+    has none: the client keeps its own base). Empty otherwise.
+    """
 
     KIND: ClassVar[Kind] = Kind.ERROR
     code: str
     message: str = ""
     close_code: int = 0
+    node: str = ""
+    url: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,24 @@ CASES: list[tuple[str, p.Message, int, int]] = [
         0,
         0,
     ),
+    (
+        "error-session-moved-hint",
+        p.Error(
+            code="session_moved",
+            message="the session is on node2",
+            close_code=4003,
+            node="node2",
+            url="https://relay-2.example.com/cobrowsing",
+        ),
+        0,
+        0,
+    ),
+    (
+        "error-session-moved-node-only",
+        p.Error(code="session_moved", close_code=4003, node="relay-b"),
+        0,
+        0,
+    ),
     ("bye-defaults", p.Bye(), 0, 0),
     ("bye-unicode-reason", p.Bye(code=4508, reason="Sitzung beendet — ça va ✓"), 0, 0),
     # visitor -> viewers

@@ -31,7 +31,7 @@ const TABLE = [
     [F('version', 'i'), F('session', 's'), F('client_id', 's'), F('epoch', 'i'), F('node', 's'),
       F('heartbeat', 'i'), F('resume', 's', ''), F('permissions', 'S', [])]],
   [0x03, 'ERROR', 'session', 'device relay viewer visitor', null, false,
-    [F('code', 's'), F('message', 's', ''), F('close_code', 'i', 0)]],
+    [F('code', 's'), F('message', 's', ''), F('close_code', 'i', 0), F('node', 's', ''), F('url', 's', '')]],
   [0x04, 'BYE', 'session', 'device relay viewer visitor', null, false,
     [F('code', 'i', 1000), F('reason', 's', '')]],
   [0x10, 'DOM_KEYFRAME', 'ordered', 'visitor', null, true, [F('data', 'y')]],

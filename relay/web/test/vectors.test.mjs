@@ -114,3 +114,23 @@ test('close codes 4000-4499 reconnect and 4500-4999 do not', () => {
   for (const c of [1001, 1006, 4000, 4001, 4003, 4499]) assert.equal(shouldReconnect(c), true, String(c));
   for (const c of [1000, 4500, 4504, 4508, 4509, 4510, 4999]) assert.equal(shouldReconnect(c), false, String(c));
 });
+
+test('an ERROR carrying a session_moved hint has a vector, and decodes to its node and url', () => {
+  const v = doc.vectors.find((x) => x.name === 'error-session-moved-hint');
+  assert.ok(v, 'no error-session-moved-hint vector');
+  const got = decode(unhex(v.hex)).fields;
+  assert.equal(got.code, 'session_moved');
+  assert.equal(got.close_code, 4003);
+  assert.equal(got.node, 'node2');
+  assert.equal(got.url, 'https://relay-2.example.com/cobrowsing');
+});
+
+test('an ERROR from an older relay (no node, no url) decodes with both empty', () => {
+  // {code, message, close_code} only, as written before node/url were added
+  const old = encode('PONG', {}).subarray(0, 16).map((b, i) => (i === 1 ? KINDS.ERROR : b));
+  const payload = unhex('83a4636f6465ad73657373696f6e5f6d6f766564a76d657373616765a0aa636c6f73655f636f6465cd0fa3');
+  const frame = new Uint8Array(old.length + payload.length);
+  frame.set(old);
+  frame.set(payload, old.length);
+  assert.deepEqual(decode(frame).fields, { code: 'session_moved', message: '', close_code: 4003, node: '', url: '' });
+});
