@@ -7,6 +7,7 @@ address cannot be listened on, 2 for an invalid setting or argument. With
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -149,6 +150,14 @@ def _serve(environ: Mapping[str, str]) -> int:
         print(_listen_error(settings.host, settings.port, e), file=sys.stderr)
         return 1
     settings = settings.bound_to(environ, sock.getsockname()[1])
+    if settings.cluster:
+        from .cluster.preflight import preflight
+
+        problem = preflight(settings)
+        if problem is not None:
+            sock.close()
+            print(f"cobrowse-relay: {problem[1]}", file=sys.stderr)
+            return problem[0]
     with sock:
         return _run(settings, sock, log_config)
 
@@ -157,7 +166,7 @@ def _run(settings: Settings, sock: socket.socket, log_config: dict[str, Any]) ->
     import uvicorn
 
     from .api import pages
-    from .app import create_app, drain
+    from .app import begin_drain, create_app, drain
     from .transport.direct import RelayWebSocketProtocol
     from .transport.http import RelayHttpProtocol
 
@@ -166,6 +175,16 @@ def _run(settings: Settings, sock: socket.socket, log_config: dict[str, Any]) ->
         a signal that stopped the server is not raised again: a clean stop exits 0."""
 
         def handle_exit(self, sig: int, frame: Any) -> None:
+            """First signal: /health 503 at once; DRAIN_DELAY later (the balancer has taken this
+            node out by then) sockets are closed with 1001 and the server stops. A second
+            signal stops at once."""
+            delay = settings.drain_delay
+            if delay > 0 and begin_drain(app):
+                asyncio.get_running_loop().call_later(delay, self._finish_drain, sig, frame)
+                return
+            self._finish_drain(sig, frame)
+
+        def _finish_drain(self, sig: int, frame: Any) -> None:
             drain(app)
             super().handle_exit(sig, frame)
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,7 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from protocol import CloseCode
 
 from . import metrics
-from .api import onprem, pages
+from .api import live, onprem, pages
 from .api._http import JSON, ApiError, api_http_error
 from .core.restore import RELAY_RESTART, restore
 from .core.service import Service
@@ -36,17 +37,34 @@ log = logging.getLogger("relay")
 
 
 async def health(request: Request) -> Response:
-    """200 with an empty body when ready; 503 when starting, draining or the store is down."""
+    """200 with an empty body when ready; 503 when starting, draining or the store is down
+    (cluster mode: also while this node's heartbeat is stale or its bus is not listening)."""
     state = request.app.state
     service: Service | None = getattr(state, "service", None)
-    if service is None or service.draining or not state.ready or not await metrics.timed_ping(state, service.store):
+    if service is None or service.draining or not state.ready:
+        return Response(status_code=503)
+    if service.cluster is not None and not service.cluster.healthy():
+        return Response(status_code=503)
+    if not await metrics.timed_ping(state, service.store):
         return Response(status_code=503)
     return Response(status_code=200)
 
 
 async def stats(request: Request) -> Response:
+    """This node's counters; in cluster mode also ``node`` and ``nodes`` (the cluster view:
+    every live node with its sessions, sockets and visitors, from their heartbeats)."""
     service: Service = request.app.state.service
-    return JSON(service.stats())
+    body: dict[str, object] = {**service.stats(), "node": service.settings.node_name}
+    if service.cluster is not None:
+        try:
+            nodes = await service.cluster.nodes()
+        except (RedisError, OSError):
+            nodes = []
+        body["nodes"] = [
+            {"name": n.name, "url": n.url, "sessions": n.sessions, "sockets": n.sockets, "visitors": n.visitors}
+            for n in nodes
+        ]
+    return JSON(body)
 
 
 def _routes() -> list[BaseRoute]:
@@ -56,6 +74,7 @@ def _routes() -> list[BaseRoute]:
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/api", onprem.index, methods=["GET", "HEAD"]),
         Mount("/api", routes=onprem.routes),
+        Mount("/rest/live", routes=live.routes),
         WebSocketRoute("/ws/visitor", visitor_endpoint),
         WebSocketRoute("/ws/viewer", viewer_endpoint),
         WebSocketRoute("/ws/device", device_endpoint),
@@ -77,6 +96,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     base = request.app.state.settings.base_path
     if path.startswith(base + "/api/") or path == base + "/api":
         return api_http_error(request, exc.status_code, dict(exc.headers or {}))
+    if path.startswith(base + "/rest/live/"):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return ApiError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})).response()
     return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=exc.headers)
 
 
@@ -118,22 +140,35 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         store = open_storage(settings)
         await store.open()
-        await store.mark_all_offline()
         service = Service(settings, store)
-        await _restore(service)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(_sweeper(service))]
+        if settings.cluster:
+            from .cluster.shared import SharedCluster
+
+            cluster = SharedCluster(settings, store, service.cluster_counts)
+            await cluster.start(service.on_request)
+            service.cluster = cluster
+            tasks.append(loop.create_task(service.keep_leases()))
+        else:
+            await store.mark_all_offline()
+            await _restore(service)
         app.state.service = service
         app.state.metrics = metrics.RelayMetrics(service, app.state)  # a registry of its own, never the global one
-        sweeper = asyncio.get_running_loop().create_task(_sweeper(service))
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
             drain(app)
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await service.flush()
+            if service.cluster is not None:
+                await service.cluster.stop()
             await store.close()
 
     routes = _routes()
@@ -150,10 +185,23 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
-def drain(app: Starlette) -> None:
-    """Turn /health to 503, then close every socket with 1001 (going away)."""
+def begin_drain(app: Starlette) -> bool:
+    """Turn /health to 503 (new sockets are refused); False if already draining or not started."""
     service: Service | None = getattr(app.state, "service", None)
     if service is None or service.draining:
-        return
+        return False
     service.draining = True
+    event("draining", node=service.settings.node_name, delay=service.settings.drain_delay)
+    return True
+
+
+def drain(app: Starlette) -> None:
+    """Turn /health to 503, give up this node's sessions (cluster mode: others take them over at
+    once) and close every socket with 1001 (going away). Once."""
+    service: Service | None = getattr(app.state, "service", None)
+    if service is None or getattr(app.state, "drained", False):
+        return
+    app.state.drained = True
+    service.draining = True
+    service.release_all()
     service.hub.close_all(CloseCode.GOING_AWAY, "relay shutting down")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -36,12 +37,25 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SECRET_KEY": ("generated", "key that signs watch grants (>= 16 chars); kept in DATA_DIR/secret_key when unset"),
     "REST_KEY": ("unset", "enables the REST API; clients send it in the Authorization header"),
     "DATA_DIR": ("./data", "where the embedded SQLite store and the generated secret live"),
-    "REDIS_URL": ("unset", "Redis for cluster mode (not yet supported by this node: start-up refuses it)"),
+    "REDIS_URL": (
+        "unset",
+        "turns cluster mode on: redis://, rediss://, unix://, redis+sentinel://h:26379,h2:26379/mymaster"
+        " or redis+cluster://h:p,h2:p (README, Running several nodes)",
+    ),
     "ALLOWED_ORIGINS": (
         "BASE_ENDPOINT's origin",
         "comma-separated origins whose pages may open visitor sockets; * for any",
     ),
-    "NODE_NAME": ("hostname", "this node's name in WELCOME and the live-session API"),
+    "NODE_NAME": (
+        "hostname",
+        "this node's name (unique per node; letters, digits, . _ -): WELCOME, the live-session API, routing",
+    ),
+    "NODE_URL": ("unset", "this node's own public base URL, for URL-based stickiness (sessionServerUrl)"),
+    "OWNERSHIP_TTL": ("5", "cluster mode: seconds a node's claim on a session lives unless refreshed"),
+    "DRAIN_DELAY": (
+        "0 (3 with REDIS_URL)",
+        "seconds /health answers 503 on SIGTERM before sockets are closed with 1001",
+    ),
     "GRANT_TTL": ("600", "seconds a watch URL stays valid"),
     "RESUME_WINDOW": ("60", "seconds a session's state is kept for a dropped visitor or viewer"),
     "MAX_FRAME": ("65536", "bytes: largest frame of any kind but keyframes"),
@@ -119,6 +133,9 @@ class Settings:
     rest_key: str | None = None
     data_dir: Path = Path("data")
     redis_url: str | None = None
+    node_url: str = ""  # this node's own public base URL, "" when unset
+    ownership_ttl: float = 5.0
+    drain_delay: float = 0.0
     allowed_origins: frozenset[str] = frozenset()  # lower-case origins; "*" admits any
     node_name: str = "relay"
     grant_ttl: float = 600.0
@@ -150,6 +167,11 @@ class Settings:
     visitor_retention_days: float = 30.0
 
     @property
+    def cluster(self) -> bool:
+        """Cluster mode: REDIS_URL is set."""
+        return self.redis_url is not None
+
+    @property
     def limits(self) -> Limits:
         return Limits(max_frame=self.max_frame, max_keyframe=self.max_keyframe)
 
@@ -178,10 +200,10 @@ class Settings:
         if rest_key is not None and len(rest_key) < 4:
             raise SettingsError("REST_KEY: must be at least 4 characters")
         redis_url = env.get("REDIS_URL", "").strip() or None
+        node_name = env.get("NODE_NAME", "").strip() or _hostname()
         if redis_url is not None:
-            if urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
-                raise SettingsError(f"REDIS_URL: expected redis://, rediss:// or unix://, got {redis_url!r}")
-            raise SettingsError("REDIS_URL: cluster mode is not available in this version; unset it")
+            _cluster_checks(env, redis_url, node_name)
+        node_url = _node_url(env)
         level = (env.get("LOG_LEVEL", "").strip() or "info").lower()
         if level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"LOG_LEVEL: expected debug, info, warning or error, got {level!r}")
@@ -200,7 +222,10 @@ class Settings:
             data_dir=data_dir,
             redis_url=redis_url,
             allowed_origins=_origins(env, base_url),
-            node_name=env.get("NODE_NAME", "").strip() or _hostname(),
+            node_name=node_name,
+            node_url=node_url,
+            ownership_ttl=_float(env, "OWNERSHIP_TTL", 5.0, 1.0, 300.0),
+            drain_delay=_float(env, "DRAIN_DELAY", 3.0 if redis_url else 0.0, 0.0, 600.0),
             grant_ttl=_float(env, "GRANT_TTL", 600.0, 1.0, 30 * 86400.0),
             resume_window=_float(env, "RESUME_WINDOW", 60.0, 0.0, 86400.0),
             max_frame=max_frame,
@@ -247,6 +272,34 @@ class Settings:
             raise SettingsError(f"BASE_ENDPOINT: expected http(s)://host[:port][/path], got {raw!r}")
         path = parts.path.rstrip("/")
         return f"{parts.scheme}://{parts.netloc}{path}", path
+
+
+_NODE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _cluster_checks(env: Mapping[str, str], redis_url: str, node_name: str) -> None:
+    """What cluster mode needs: a REDIS_URL that parses, a routable NODE_NAME, an explicit
+    SECRET_KEY (every node must sign and check grants with the same one)."""
+    from .cluster.redisconn import parse_redis_url
+
+    try:
+        parse_redis_url(redis_url)
+    except ValueError as e:
+        raise SettingsError(f"REDIS_URL: {e}") from None
+    if not _NODE_NAME.match(node_name):
+        raise SettingsError(f"NODE_NAME: {node_name!r}: use 1-64 letters, digits, '.', '_' or '-' (unique per node)")
+    if not env.get("SECRET_KEY", ""):
+        raise SettingsError("SECRET_KEY: must be set, the same on every node, when REDIS_URL is set")
+
+
+def _node_url(env: Mapping[str, str]) -> str:
+    raw = env.get("NODE_URL", "").strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise SettingsError(f"NODE_URL: expected http(s)://host[:port][/path], got {raw!r}")
+    return raw.rstrip("/")
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")

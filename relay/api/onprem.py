@@ -123,6 +123,22 @@ async def get_visitor(request: Request) -> JSON:
     return ok(visitor=body)
 
 
+async def live_session(request: Request) -> JSON:
+    """``GET /api/live_sessions/{code}``: the visitor holding a 9-digit session token (what the
+    visitor read out to the agent: the console's "Join by code")."""
+    check_rest_key(request)
+    service = service_of(request)
+    code = request.path_params["code"]
+    short_id = await service.store.visitor_of_code(code) if code.isdigit() and len(code) == 9 else None
+    if short_id is None:
+        raise ApiError(404, "not_found", "no live session has this code (it may have expired)")
+    try:
+        visitor = await service.get_visitor(short_id)
+    except NotFound:
+        raise ApiError(404, "not_found", "the visitor of this code is gone") from None
+    return ok(visitor=visitor_json(visitor))
+
+
 async def watch_url(request: Request) -> JSON:
     check_rest_key(request)
     service = service_of(request)
@@ -244,4 +260,5 @@ routes = [
     Route("/visitors/list/search", search, methods=["GET"]),
     Route("/visitors/{visitor_id}", get_visitor, methods=["GET"]),
     Route("/visitors/{visitor_id}/watch_url", watch_url, methods=["POST"]),
+    Route("/live_sessions/{code}", live_session, methods=["GET"]),
 ]

@@ -10,6 +10,7 @@
     ├── NotFound               4511   404
     ├── SessionEnded           4508   410
     ├── RateLimited            4004   429
+    ├── Moved                  4003   409  (cluster: the session is served by another node)
     └── Unavailable            4000   503
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "NotFound",
     "SessionEnded",
     "RateLimited",
+    "Moved",
     "Unavailable",
 ]
 
@@ -66,3 +68,13 @@ class RateLimited(RelayError):
 
 class Unavailable(RelayError):
     close_code, status, code = CloseCode.INTERNAL_ERROR, 503, "unavailable"
+
+
+class Moved(RelayError):
+    """Cluster mode: the session (or the visitor's socket) is on node ``node``; go there."""
+
+    close_code, status, code = CloseCode.SESSION_MOVED, 409, "session_moved"
+
+    def __init__(self, node: str, url: str = "") -> None:
+        super().__init__(f"the session is served by node {node}")
+        self.node, self.url = node, url

@@ -61,7 +61,7 @@ from protocol.kinds import KindInfo
 
 from .limits import SocketRates
 
-__all__ = ["Link", "Listener", "Outbox", "Peer", "Room", "Hub", "SessionState", "HubConfig"]
+__all__ = ["FOREVER", "Link", "Listener", "Outbox", "Peer", "Room", "Hub", "SessionState", "HubConfig"]
 
 log = logging.getLogger("relay.hub")
 
@@ -112,7 +112,8 @@ class SessionState(Enum):
 
 
 _ORDERED, _LATEST, _CONTROL = Routing.ORDERED, Routing.LATEST, Routing.CONTROL
-_CLOSED_SLOW = float("inf")  # stalled_since of a peer closed as slow: never past the deadline again
+FOREVER = float("inf")
+_CLOSED_SLOW = FOREVER  # stalled_since of a peer closed as slow: never past the deadline again
 
 
 class _Held:
@@ -272,13 +273,20 @@ class Room:
         self.agents: list[dict[str, str]] = []
         self.went_live = False
         self.left: set[str] = set()  # viewers that ended their part: their resume tokens are void
+        # Cluster mode (relay/cluster): whether this node holds the room's ownership lease, the
+        # monotonic time past which it may no longer serve the room unless the lease was refreshed
+        # (frames past it are dropped: fencing), and the fencing epoch the next session takes.
+        self.owned = False
+        self.lease_until = FOREVER
+        self.next_epoch = 0
 
     # --- session lifecycle -------------------------------------------------------
     def _new_session(self) -> None:
         self.session_id = secrets.token_hex(8)
         self.state = SessionState.REQUESTED
         self.started = time.time()
-        self.epoch = secrets.randbits(32) | 1
+        self.epoch = self.next_epoch or (secrets.randbits(32) | 1)
+        self.next_epoch = 0
         self.seq = 0
         self._reset_log()
         self.features = set()
@@ -350,6 +358,44 @@ class Room:
         self.log_bytes = 0
         self.log_first_seq = 0
         self.resync_asked = False
+
+    # --- cluster mode: ownership moves (relay/cluster) --------------------------------------
+    def surrender(self, goodbye: bytes, code: int, reason: str) -> None:
+        """Another node owns this room now: close every participant here with ``goodbye``
+        (an ERROR naming the owner) and ``code``, and forget the session without ending it
+        (its record is the new owner's to keep)."""
+        for v in list(self.viewers):
+            v.outbox.clear()
+            v.outbox.link.write(goodbye)
+            v.close(code, reason)
+        if self.visitor is not None:
+            self.visitor.outbox.clear()
+            self.visitor.outbox.link.write(goodbye)
+            self.visitor.close(code, reason)
+        self.viewers.clear()
+        self.slots.clear()
+        self.state = None
+        self.session_id = ""
+        self._reset_log()
+        self.latest.clear()
+        self.owned = False
+        self.lease_until = FOREVER
+        self.hub.forget_if_idle(self)
+
+    def reepoch(self, epoch: int, code: int, reason: str) -> None:
+        """Serve the session on under a new fencing epoch (this node re-owned it after its
+        lease lapsed, or after Redis lost it): what was logged under the old epoch may have a
+        gap, so the log is dropped, the viewers are closed with ``code`` to resume (they get a
+        fresh keyframe) and the visitor is asked for one."""
+        self.epoch = epoch
+        self.seq = 0
+        self._reset_log()
+        self.latest.clear()
+        for v in list(self.viewers):
+            v.close(code, reason)
+        if self.state is SessionState.LIVE and self.visitor is not None:
+            self._ask_keyframe("resume")
+        self.hub.listener.session_changed(self)
 
     # --- membership ---------------------------------------------------------------
     def attach_visitor(self, peer: Peer) -> None:

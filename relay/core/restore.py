@@ -30,7 +30,7 @@ from typing import NamedTuple
 from ..storage.base import SessionRecord, ViewerRecord
 from .hub import Hub, Room, SessionState, ViewerSlot
 
-__all__ = ["RELAY_RESTART", "Restored", "record_of", "restore"]
+__all__ = ["RELAY_RESTART", "Restored", "record_of", "restore", "take_over"]
 
 log = logging.getLogger("relay.restore")
 
@@ -113,6 +113,29 @@ def restore(hub: Hub, records: Iterable[SessionRecord], clock: float | None = No
         _rebuild(room, rec, parsed, clock)
         rooms.append(room)
     return Restored(rooms, rest)
+
+
+def take_over(hub: Hub, rec: SessionRecord, epoch: int, clock: float | None = None) -> Room | None:
+    """Cluster mode: rebuild ``rec``'s session in ``hub`` under the fencing ``epoch`` this node
+    just claimed (its previous owner died or let it go). None when ``rec`` is not an open,
+    well-formed record.
+
+    As :func:`restore` does, but a visitor already connected here stays attached (and is asked
+    for what the session needs: its consent again, or a keyframe), and the viewers' resume
+    windows run from now."""
+    parsed = _parse(rec) if rec.ended is None else None
+    if parsed is None:
+        return None
+    clock = time.monotonic() if clock is None else clock
+    room = hub.room(rec.visitor)
+    visitor, left_at = room.visitor, room.visitor_left_at
+    _rebuild(room, rec, parsed, clock)
+    room.epoch = epoch
+    if visitor is not None:
+        room.attach_visitor(visitor)  # _rebuild detached it: this asks it again
+    else:
+        room.visitor_left_at = left_at if left_at is not None else clock
+    return room
 
 
 _STATES = {s.value: s for s in SessionState}

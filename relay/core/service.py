@@ -13,9 +13,11 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
 
 from protocol import (
     KIND_INFO,
@@ -42,15 +44,20 @@ from protocol import (
 from ..logs import event
 from ..settings import Settings
 from ..storage.base import SearchQuery, SessionRecord, Store, Visitor
-from .errors import NotFound, RateLimited, SessionEnded, TokenInvalid, TokenReused
+from .errors import Moved, NotFound, RateLimited, SessionEnded, TokenInvalid, TokenReused, Unavailable
 from .grants import Grant, ResumeClaim, Signer
-from .hub import Hub, HubConfig, Link, Peer, Room, SessionState, ViewerSlot
+from .hub import FOREVER, Hub, HubConfig, Link, Peer, Room, SessionState, ViewerSlot
 from .limits import AddressLimits, RateConfig, SocketRates
-from .restore import record_of
+from .restore import record_of, take_over
+
+if TYPE_CHECKING:
+    from ..cluster.shared import SharedCluster
 
 __all__ = ["Service", "ClientInfo", "WatchRequest", "new_short_id"]
 
 log = logging.getLogger("relay.service")
+ASK_TIMEOUT = 1.0  # seconds a node waits for the owner's answer before deciding without it
+LEASE_MARGIN = 0.9  # a claim is served until this share of OWNERSHIP_TTL after its last refresh
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_-]{4,40}$")
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
@@ -129,6 +136,9 @@ class Service:
             min_bytes_burst=2.0 * settings.max_keyframe,
         )
         self.addresses = AddressLimits(settings.max_sockets_per_ip, settings.new_visitors_per_ip)
+        self.cluster: SharedCluster | None = None  # cluster mode: set by the app once started
+        self._placing: dict[str, asyncio.Lock] = {}  # per visitor: one placement at a time
+        self.counters["fenced"] = 0  # frames dropped because this node's claim on the room lapsed
 
     # --- background writes ------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -157,6 +167,8 @@ class Service:
 
     async def admit_visitor(self, hello: Hello, link: Link, client: ClientInfo) -> Peer:
         short_id = hello.client_id if _SHORT_ID.match(hello.client_id) else new_short_id()
+        if self.cluster is not None:
+            await self._place(short_id, self._place_visitor)
         now = time.time()
         visitor = self.visitors.get(short_id) or await self.store.get_visitor(short_id)
         if visitor is None:
@@ -187,6 +199,8 @@ class Service:
         )
         room.attach_visitor(peer)
         self._spawn(self.store.save_visitor(visitor))
+        if self.cluster is not None:
+            self.cluster.arrived(short_id)
         return peer
 
     async def admit_viewer(self, hello: Hello, link: Link, client: ClientInfo) -> Peer:
@@ -222,6 +236,8 @@ class Service:
             grant = self.signer.read_grant(token)
         except TokenInvalid:
             claim = self.signer.read_resume(token)
+            if self.cluster is not None:
+                await self._place(claim.visitor, lambda v: self._place_viewer(v, claim.session))
             room = self.hub.rooms.get(claim.visitor)
             if room is None or room.session_id != claim.session or room.state is None:
                 raise SessionEnded("the session has ended") from None
@@ -235,7 +251,10 @@ class Service:
                 room,
                 False,
             )
+        if self.cluster is not None:
+            await self._place(grant.visitor, lambda v: self._place_viewer(v, None))
         if not await self.store.use_nonce(grant.nonce, grant.expires):
+            self._unown_if_idle(self.hub.rooms.get(grant.visitor))
             raise TokenReused("this watch URL was already used")
         room = self.hub.room(grant.visitor)
         if room.state is None:
@@ -279,11 +298,15 @@ class Service:
         """Everything a peer sends after the handshake. Never raises."""
         room = peer.room
         rates = peer.rates
+        now = time.monotonic()
+        if now > room.lease_until:  # cluster mode: this node's claim lapsed; serve nothing (fencing)
+            self.counters["fenced"] += 1
+            return
         if rates is not None:
-            over = rates.admit(len(data) > 1 and _SESSION_CLASS[data[1]] == 1, len(data), time.monotonic())
+            over = rates.admit(len(data) > 1 and _SESSION_CLASS[data[1]] == 1, len(data), now)
             if over is not None:
                 self.counters["rate_limited"] += 1
-                wait = self.addresses.strike(peer.address, time.monotonic()) if peer.address else 0.0
+                wait = self.addresses.strike(peer.address, now) if peer.address else 0.0
                 event("limit_hit", limit=over, role=peer.role, peer=peer.id, session=room.session_id, cooldown=wait)
                 peer.outbox.clear()
                 peer.outbox.link.fail(CloseCode.RATE_LIMITED, f"rate limit: {over}")
@@ -311,6 +334,8 @@ class Service:
                     visitor.online = False
                     visitor.last_seen = time.time()
                     self._spawn(self.store.save_visitor(visitor))
+                if self.cluster is not None:
+                    self.cluster.departed(peer.id)
         else:
             room.detach_viewer(peer, leaving=False)
 
@@ -379,6 +404,7 @@ class Service:
         self._set_in_session(room.visitor_id, False)
         self._spawn(self.store.save_session(record_of(room, ended=time.time(), end_reason=reason)))
         room.went_live = False
+        self._unown(room)
 
     def _set_in_session(self, short_id: str, value: bool) -> None:
         visitor = self.visitors.get(short_id)
@@ -418,6 +444,243 @@ class Service:
         token = self.signer.grant(grant)
         event("watch_url_issued", visitor=req.visitor, agent=req.agent_id)
         return f"{self.settings.base_url}/screen?id={req.visitor}&token={token}"
+
+    # --- cluster mode (relay/cluster) ----------------------------------------------------
+    # Rules: a room's session is owned by one node (a claim in Redis with a fencing epoch);
+    # participants meet on the owner (others are sent there: Moved, close 4003); ownership
+    # follows the visitor (the node its socket reaches takes over, unless the owner still holds
+    # a live socket of it: then the newcomer is a second tab and is sent to the owner).
+
+    async def _place(self, visitor: str, how: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+        """Run one placement for ``visitor`` at a time on this node (``how`` may raise Moved)."""
+        lock = self._placing.get(visitor)
+        if lock is None:
+            lock = self._placing[visitor] = asyncio.Lock()
+        try:
+            async with lock:
+                room = self.hub.rooms.get(visitor)
+                if room is None or not room.owned:
+                    await how(visitor)
+        finally:
+            if not lock.locked() and self._placing.get(visitor) is lock:
+                del self._placing[visitor]
+
+    async def _open_session_of(self, visitor: str) -> SessionRecord | None:
+        recent = await self.store.sessions_for(visitor, 1)
+        return recent[0] if recent and recent[0].ended is None else None
+
+    async def _place_visitor(self, visitor: str) -> None:
+        """A visitor socket reached this node: take its session over, or send it to its owner."""
+        c = self.cluster
+        assert c is not None
+        for _ in range(3):
+            cur = await c.owner_of(visitor)
+            if cur is not None and cur.node != c.name:
+                args = {"visitor": visitor, "node": c.name, "url": c.url}
+                answer = await c.ask(cur.node, "arrive", args, ASK_TIMEOUT)
+                if answer is not None and answer.get("held"):
+                    c.redirects += 1
+                    raise Moved(cur.node, str(answer.get("url", "")))
+                if answer is None and await c.alive(cur.node):
+                    # Listening but not answering (frozen?): its claim must lapse first (fencing).
+                    raise Unavailable("the node serving this session does not answer; retry")
+            rec = await self._open_session_of(visitor)
+            if rec is None:
+                return  # no session: nothing to own
+            epoch = await c.claim(visitor, cur.epoch if cur is not None else 0, rec.epoch)
+            if epoch is None:
+                continue  # another node claimed it meanwhile: look again
+            self._took_over(rec, epoch)
+            return
+        raise Unavailable("the session is moving between nodes; retry")
+
+    async def _place_viewer(self, visitor: str, session: str | None) -> None:
+        """A viewer reached this node: send it to the owner, or own the session here (a new one
+        where the visitor is; or ``session``, orphaned by a dead node, until its visitor returns)."""
+        c = self.cluster
+        assert c is not None
+        for _ in range(3):
+            cur = await c.owner_of(visitor)
+            if cur is not None and cur.node != c.name and await c.alive(cur.node):
+                c.redirects += 1
+                raise Moved(cur.node, await c.url_of(cur.node))
+            rec = await self._open_session_of(visitor)
+            if session is not None and (rec is None or rec.id != session):
+                raise SessionEnded("the session has ended")
+            if rec is None:
+                at = await c.located(visitor)
+                if at is not None and at != c.name and await c.alive(at):
+                    c.redirects += 1
+                    raise Moved(at, await c.url_of(at))
+            epoch = await c.claim(visitor, cur.epoch if cur is not None else 0, rec.epoch if rec else 0)
+            if epoch is None:
+                continue
+            if rec is not None:
+                self._took_over(rec, epoch)
+            else:
+                room = self.hub.room(visitor)
+                room.next_epoch = epoch
+                self._owned(room)
+            return
+        raise Unavailable("the session is moving between nodes; retry")
+
+    def _owned(self, room: Room) -> None:
+        assert self.cluster is not None
+        room.owned = True
+        room.lease_until = time.monotonic() + self.settings.ownership_ttl * LEASE_MARGIN
+
+    def _took_over(self, rec: SessionRecord, epoch: int) -> None:
+        assert self.cluster is not None
+        room = take_over(self.hub, rec, epoch)
+        if room is None:
+            self._spawn(self.cluster.release(rec.visitor, epoch))
+            return
+        self._owned(room)
+        self.cluster.takeovers += 1
+        event("session_taken_over", session=rec.id, visitor=rec.visitor, epoch=epoch, node=self.cluster.name)
+        self._spawn(self.store.save_session(record_of(room)))
+
+    def _unown(self, room: Room) -> None:
+        if room.owned and self.cluster is not None:
+            self._spawn(self.cluster.release(room.visitor_id, room.epoch))
+        room.owned = False
+        room.lease_until = FOREVER
+        room.next_epoch = 0
+
+    def _unown_if_idle(self, room: Room | None) -> None:
+        """A claim made for a session that did not start (the grant was refused) is given back."""
+        if room is not None and room.owned and room.state is None:
+            self._unown(room)
+            self.hub.forget_if_idle(room)
+
+    def moved_frame(self, node: str, url: str) -> bytes:
+        return encode(
+            Error(
+                code="session_moved",
+                message=f"the session is served by node {node}",
+                close_code=CloseCode.SESSION_MOVED,
+                node=node,
+                url=url,
+            )
+        )
+
+    def _surrender(self, room: Room, node: str, url: str) -> None:
+        event("session_moved", session=room.session_id, visitor=room.visitor_id, to=node)
+        room.surrender(self.moved_frame(node, url), CloseCode.SESSION_MOVED, "moved")
+
+    async def keep_leases(self) -> None:
+        """Refresh this node's claims every OWNERSHIP_TTL / 3; act on the ones lost or lapsed."""
+        c = self.cluster
+        assert c is not None
+        period = self.settings.ownership_ttl / 3
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._refresh_leases(c, period)
+            except Exception:  # keep refreshing whatever one pass hit
+                log.exception("lease refresh failed")
+
+    async def _refresh_leases(self, c: SharedCluster, period: float) -> None:
+        rooms = [r for r in self.hub.rooms.values() if r.owned]
+        if not rooms:
+            return
+        leases = [(r.visitor_id, r.epoch if r.state is not None else r.next_epoch) for r in rooms]
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(period):
+                results = await c.refresh(leases)
+        except (RedisError, OSError, TimeoutError):
+            return  # the deadlines stand; past them the rooms are fenced
+        until = t0 + self.settings.ownership_ttl * LEASE_MARGIN
+        for room, (visitor, epoch), result in zip(rooms, leases, results, strict=True):
+            current = room.epoch if room.state is not None else room.next_epoch
+            if not room.owned or current != epoch or self.hub.rooms.get(visitor) is not room:
+                continue  # changed while we asked
+            if result == 1 and t0 <= room.lease_until:
+                room.lease_until = until
+            elif result == -1:
+                cur = await c.owner_of(visitor)
+                node = cur.node if cur is not None else ""
+                self._surrender(room, node, await c.url_of(node) if node else "")
+            else:
+                await self._reown(c, room, epoch)
+
+    async def _reown(self, c: SharedCluster, room: Room, epoch: int) -> None:
+        """The claim lapsed (fenced frames were dropped) or Redis lost it: claim again under a new
+        epoch and resynchronise everyone; if another node got it first, go there."""
+        new = await c.claim(room.visitor_id, epoch, epoch)
+        if new is None:
+            cur = await c.owner_of(room.visitor_id)
+            node = cur.node if cur is not None else ""
+            self._surrender(room, node, await c.url_of(node) if node else "")
+            return
+        self._owned(room)
+        if room.state is None:
+            room.next_epoch = new
+            return
+        event("session_reowned", session=room.session_id, visitor=room.visitor_id, epoch=new)
+        room.reepoch(new, CloseCode.SESSION_MOVED, "resync")
+
+    async def on_request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """What another node asks of this one over the cluster bus."""
+        visitor = args.get("visitor")
+        room = self.hub.rooms.get(visitor) if isinstance(visitor, str) else None
+        if op == "arrive":
+            if room is None or not room.owned:
+                return {"held": False}
+            if room.visitor is not None and not self.draining:
+                return {"held": True, "url": self.settings.node_url}
+            self._surrender(room, str(args.get("node", "")), str(args.get("url", "")))
+            return {"held": False}
+        if op == "end":
+            if room is None or not room.owned or room.state is None:
+                return {"found": False}
+            started = room.started
+            room.end_session(str(args.get("reason", "")) or "agent_ended")
+            return {"found": True, "started": started, "ended": time.time()}
+        return {}
+
+    async def end_live(self, visitor: str, reason: str) -> tuple[float, float] | None:
+        """End ``visitor``'s live session wherever it is served: (started, ended) or None if none.
+
+        On its owner (this node, or the one the request is forwarded to over the bus), as an
+        agent's End would; an orphan (its node died) is closed in the store."""
+        room = self.hub.rooms.get(visitor)
+        c = self.cluster
+        if room is not None and room.state is not None and (c is None or room.owned):
+            started = room.started
+            room.end_session(reason)
+            return started, time.time()
+        if c is None:
+            return None
+        cur = await c.owner_of(visitor)
+        if cur is not None and cur.node != c.name:
+            answer = await c.ask(cur.node, "end", {"visitor": visitor, "reason": reason}, 2.0)
+            if answer is None:
+                raise Unavailable("the node serving this session did not answer; retry")
+            if not answer.get("found"):
+                return None
+            return float(answer["started"]), float(answer["ended"])
+        rec = await self._open_session_of(visitor)
+        if rec is None:
+            return None
+        now = time.time()
+        await self.store.close_sessions([rec.id], now, reason)
+        return rec.started, now
+
+    def release_all(self) -> None:
+        """Draining: give up every claim now, so other nodes take the sessions over at once."""
+        for room in list(self.hub.rooms.values()):
+            if room.owned:
+                self._unown(room)
+
+    def cluster_counts(self) -> dict[str, int]:
+        rooms = self.hub.rooms.values()
+        return {
+            "sessions": sum(1 for r in rooms if r.state is not None),
+            "sockets": sum(1 for _ in self.hub.peers()),
+            "visitors": len(self.visitors),
+        }
 
     def stats(self) -> dict[str, int]:
         rooms = self.hub.rooms.values()

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket
 
 from protocol import PROTOCOL_VERSION, CloseCode, Error, Hello, ProtocolError, decode, encode
 
-from ..core.errors import RelayError
+from ..core.errors import Moved, RelayError
 from ..core.service import ClientInfo, Service
 from ..logs import event
 from .direct import LINK_KEY, RelayWebSocketProtocol
@@ -92,6 +92,11 @@ async def _serve(ws: WebSocket, role: str) -> None:
     )
     try:
         peer = await service.admit(role, hello, link, client)
+    except Moved as e:  # cluster mode: the owner is another node; the client follows the hint
+        link.write(service.moved_frame(e.node, e.url))
+        link.close(e.close_code, "moved")
+        await _closed(ws)
+        return
     except RelayError as e:
         _refuse(link, e.code, str(e) or e.code, e.close_code)
         await _closed(ws)

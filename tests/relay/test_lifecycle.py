@@ -268,6 +268,7 @@ def test_health_asks_the_store_and_is_503_when_its_ping_fails(tmp_path: Path) ->
 
     class Service:
         draining = False
+        cluster = None
         store: DownStore = DownStore()
 
     app.state.service = Service()
