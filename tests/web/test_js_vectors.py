@@ -1,6 +1,8 @@
 """The browser codec (relay/web/src/protocol.js) against protocol/vectors.json.
 
-Runs relay/web/test/*.test.mjs with node's own test runner. Without node the
+Runs every relay/web/test/*.test.mjs with node's own test runner: the codec
+against the shared vectors, and the pure browser-side logic (the reconnect and
+redirect decision of src/redirect.js, the session code of src/code.js). Without node the
 test is skipped on a developer's machine and fails under CI=true: a CI that
 silently stops checking the JS codec is worse than a red one.
 """

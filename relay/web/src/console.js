@@ -1,6 +1,9 @@
 // The agent console: {BASE}/console. Lists online visitors through the
 // on-premise REST API (the REST key is asked once and kept in sessionStorage),
-// searches, and opens a watch URL for a visitor in a new tab.
+// searches, and opens a watch URL for a visitor in a new tab; or joins the
+// visitor who reads out a session code (SDK startSession) by that code.
+import { formatCode, parseCode } from './code.js';
+
 const $ = (id) => document.getElementById(id);
 const BASE = (document.body.dataset.base || '').replace(/\/$/, '');
 const KEY = 'cobrowse:rest_key';
@@ -24,7 +27,12 @@ async function api(path, init = {}) {
     throw new Error('unauthorized');
   }
   const body = await res.json().catch(() => ({}));
-  if (!res.ok || body.status === 'error') throw new Error(body.message || body.error || `HTTP ${res.status}`);
+  if (!res.ok || body.status === 'error') {
+    const e = new Error(body.message || body.error || `HTTP ${res.status}`);
+    e.status = res.status;
+    e.code = body.error || '';
+    throw e;
+  }
   return body;
 }
 
@@ -96,11 +104,11 @@ function permissions() {
   return out;
 }
 
-async function watch(shortId) {
+// `tab`: a tab already opened inside the user's click (join by code looks the
+// visitor up first, and a tab opened after an await is a blocked popup).
+async function watch(shortId, tab = window.open('about:blank', '_blank')) {
   const agent = { id: $('agent-id').value.trim() || '1', name: $('agent-name').value.trim() || 'Agent' };
   localStorage.setItem(AGENT, JSON.stringify(agent));
-  // Open the tab now, inside the click, so popup blockers let it through.
-  const tab = window.open('about:blank', '_blank');
   try {
     const body = await api(`/visitors/${encodeURIComponent(shortId)}/watch_url`, {
       method: 'POST',
@@ -114,6 +122,34 @@ async function watch(shortId) {
   }
 }
 
+// Join by code: the visitor reads the code the SDK shows; the relay says whose it is.
+async function joinByCode(text) {
+  const code = parseCode(text);
+  const out = $('code-error');
+  if (!code) {
+    out.textContent = 'A session code is 9 digits, e.g. 845 800 826.';
+    return;
+  }
+  out.textContent = '';
+  // Open the tab now, inside the submit, so popup blockers let it through.
+  const tab = window.open('about:blank', '_blank');
+  let visitor;
+  try {
+    const body = await api(`/live_sessions/${code}`);
+    visitor = body.visitor;
+    if (!visitor || !visitor.short_id) throw new Error('the answer names no visitor');
+  } catch (e) {
+    if (tab) tab.close();
+    if (e.message === 'unauthorized') return;
+    out.textContent = e.status === 404
+      ? `No session with the code ${formatCode(code)}: check it with the visitor.`
+      : `Could not look up ${formatCode(code)}: ${e.message}`;
+    return;
+  }
+  $('code').value = '';
+  await watch(visitor.short_id, tab);
+}
+
 $('login-form').addEventListener('submit', (e) => {
   e.preventDefault();
   const key = $('key').value.trim();
@@ -121,6 +157,10 @@ $('login-form').addEventListener('submit', (e) => {
   sessionStorage.setItem(KEY, key);
   $('key').value = '';
   showMain();
+});
+$('code-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  joinByCode($('code').value);
 });
 $('search').addEventListener('input', () => {
   clearTimeout(timer);

@@ -10,17 +10,21 @@
 // page allows (the relay has already filtered them by the agent's grant).
 import { record } from 'rrweb';
 
-import { KINDS, PROTOCOL_VERSION, LIMITS, encode, frameHandler, packEvents, shouldReconnect } from './protocol.js';
+import { KINDS, PROTOCOL_VERSION, LIMITS, encode, frameHandler, packEvents } from './protocol.js';
+import { SDK_BACKOFF, cleanBase, hintFromError, nextConnect, socketUrl } from './redirect.js';
+import { codeLine } from './code.js';
 import { VisitorUI, UI_CLASS } from './ui.js';
 
 const ME = document.currentScript
   || Array.from(document.getElementsByTagName('script')).reverse().find((s) => /\/sdk\.js(\?|#|$)/.test(s.src));
 const BASE = ME && ME.src ? ME.src.replace(/\/sdk\.js([?#].*)?$/, '') : location.origin;
-const WS_URL = `${BASE.replace(/^http/, 'ws')}/ws/visitor`;
+const WS_URL = socketUrl(BASE, 'visitor');
 
 const STORE_ID = 'cobrowse:short_id';
 const STORE_CODE = 'cobrowse:lookup_code';
 const STORE_AGENT = 'cobrowse:agent';
+const STORE_CODE_SESSION = 'cobrowse:code_session'; // sessionStorage: a session started with startSession()
+const ID_WAIT_MS = 10000; // startSession() waits this long for the relay to assign the visitor's id
 const DELTA_FLUSH_MS = 50;
 const DELTA_BUDGET = LIMITS.maxFrame - 1024; // header + map overhead, with room to spare
 const MASK_CLASS = 'no-cobrowse';
@@ -94,8 +98,14 @@ class Sdk {
     this.handlers = {};
     this.ws = null;
     this.state = 'idle'; // idle | connecting | connected | reconnecting | closed
-    this.attempt = 0;
+    this.attempt = 0; // backoff steps since the last WELCOME
+    this.redirects = 0; // 4003 redirects followed since the last WELCOME
+    this.hint = null; // {node, url} of an ERROR session_moved on the current socket
+    this.nextUrl = WS_URL; // where the next open() goes
+    this.onNode = ''; // the node this socket was welcomed by (WELCOME.node)
     this.timer = null;
+    this.codeSession = loadCodeSession(); // {token, clientId, node}: a session started with startSession()
+    this.codeStarting = null; // the pending startSession() promise
     this.session = ''; // live session id, '' when none
     this.asking = ''; // session whose consent dialog is up
     this.idWaiters = [];
@@ -124,7 +134,10 @@ class Sdk {
 
   connect() {
     if (this.ws || this.timer) return;
+    this.nextUrl = WS_URL;
+    this.redirects = 0;
     this.open();
+    if (this.codeSession && !this.session) this.showCode();
   }
 
   updateConnection(options = {}) {
@@ -144,14 +157,115 @@ class Sdk {
     if (typeof cb === 'function') cb(lookupCode(this.store));
   }
 
+  // A session the visitor starts: the relay answers a 9-digit code, shown on the
+  // page for the visitor to read to an agent, who joins with it ("Join by code").
+  // Resolves {sessionToken, sessionServerName}; rejects with an Error saying why.
+  // The REST calls carry credentials: the relay may answer a cookie naming the
+  // node (gcbSessionServer) that a balancer sticks later calls to.
+  startSession() {
+    if (this.codeStarting) return this.codeStarting;
+    const c = this.codeSession;
+    if (c) {
+      if (!this.session) this.showCode();
+      return Promise.resolve({ sessionToken: c.token, sessionServerName: c.node });
+    }
+    if (this.session) return Promise.reject(new Error('cobrowse: a co-browsing session is already live'));
+    const started = this.requestCode();
+    this.codeStarting = started;
+    started.then(() => {
+      this.codeStarting = null;
+    }, (e) => {
+      this.codeStarting = null;
+      this.ui.showCodeError(`Could not start a session: ${e.reason || e.message}`);
+    });
+    return started;
+  }
+
+  async requestCode() {
+    this.connect(); // the relay assigns the visitor's id in WELCOME
+    const clientId = await this.waitUserId(ID_WAIT_MS);
+    let res;
+    try {
+      res = await fetch(`${BASE}/rest/live/sessions`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        body: JSON.stringify({ userToken: clientId }),
+        credentials: 'include',
+        cache: 'no-store',
+      });
+    } catch (e) {
+      throw failure('could not start a session', 'the co-browsing server cannot be reached');
+    }
+    const body = await res.json().catch(() => null);
+    if (!res.ok) throw failure('could not start a session', apiReason(body, res.status));
+    const token = body && (typeof body.sessionToken === 'string' || typeof body.sessionToken === 'number')
+      ? String(body.sessionToken) : '';
+    if (!token) throw failure('could not start a session', 'the server answered no session code');
+    const node = body && typeof body.sessionServerName === 'string' ? body.sessionServerName : '';
+    this.codeSession = { token, clientId, node };
+    saveCodeSession(this.codeSession);
+    if (!this.session) this.showCode();
+    // The session lives on `node`: meet it there (the relay would redirect this socket anyway).
+    if (node && this.onNode && node !== this.onNode) this.moveTo({ node, url: cleanBase(body.sessionServerUrl) });
+    return { sessionToken: token, sessionServerName: node };
+  }
+
+  showCode() {
+    const c = this.codeSession;
+    if (c) this.ui.showCode(codeLine(c.token), () => this.stopSession().catch(warn));
+  }
+
+  // The visitor's id, once the relay has assigned it (at once when known).
+  waitUserId(ms) {
+    if (this.shortId()) return Promise.resolve(this.shortId());
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const timer = setTimeout(() => {
+        if (done) return;
+        done = true;
+        reject(failure('could not start a session', 'not connected to the co-browsing server'));
+      }, ms);
+      this.idWaiters.push((id) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        resolve(id);
+      });
+    });
+  }
+
+  // Ends the session. One started with startSession() is stopped through the REST
+  // API (GET {BASE}/rest/live/users/{clientId}/session/stop); otherwise the live
+  // session ends over the socket. Resolves when done; rejects with an Error saying why.
   stopSession() {
-    if (!this.session) return;
-    this.send('SESSION_END', { session: this.session, reason: 'visitor' });
-    this.endSession('visitor');
+    const code = this.codeSession;
+    const live = this.session;
+    this.codeSession = null;
+    saveCodeSession(null);
+    this.ui.hideCode();
+    if (!code) {
+      if (live) this.send('SESSION_END', { session: live, reason: 'visitor' });
+      if (live) this.endSession('visitor');
+      return Promise.resolve();
+    }
+    if (live) this.endSession('visitor'); // nothing more leaves the page from now on
+    const url = `${BASE}/rest/live/users/${encodeURIComponent(code.clientId)}/session/stop`;
+    return fetch(url, { method: 'GET', headers: { Accept: 'application/json' }, credentials: 'include', cache: 'no-store' })
+      .then(async (res) => {
+        if (res.ok || res.status === 404) return; // 404: nothing left to stop
+        throw failure('could not stop the session', apiReason(await res.json().catch(() => null), res.status));
+      }, () => {
+        throw failure('could not stop the session', 'the co-browsing server cannot be reached');
+      })
+      .catch((e) => {
+        // The relay still has it: end it over the socket, the usual way.
+        if (live && this.send('SESSION_END', { session: live, reason: 'visitor' })) return;
+        throw e;
+      });
   }
 
   reset() {
-    this.stopSession();
+    this.stopSession().catch(warn);
     this.store.removeItem(STORE_ID);
     this.store.removeItem(STORE_CODE);
     this.disconnect();
@@ -186,10 +300,12 @@ class Sdk {
 
   open() {
     this.timer = null;
-    this.setState(this.attempt ? 'reconnecting' : 'connecting');
+    this.hint = null;
+    this.onNode = '';
+    this.setState(this.attempt || this.redirects ? 'reconnecting' : 'connecting');
     let ws;
     try {
-      ws = new WebSocket(WS_URL);
+      ws = new WebSocket(this.nextUrl);
     } catch (e) {
       this.retry(1006);
       return;
@@ -225,16 +341,34 @@ class Sdk {
       document.addEventListener('visibilitychange', back);
       return;
     }
-    if (!shouldReconnect(code)) {
+    // 4003 follows the relay's hint at once; other retryable codes back off
+    // (0.5 s doubling to 15 s, half of it jitter) to the usual URL.
+    const next = nextConnect({
+      code, hint: this.hint, redirects: this.redirects, attempt: this.attempt, base: BASE, role: 'visitor',
+      backoff: SDK_BACKOFF,
+    });
+    this.hint = null;
+    if (!next.retry) {
       if (code === 4508) this.endSession('ended');
       this.setState('closed');
       return;
     }
-    // Exponential backoff with full jitter: 0.5 s doubling to 15 s.
-    const cap = Math.min(15000, 500 * 2 ** Math.min(this.attempt, 5));
-    this.attempt += 1;
+    this.redirects = next.redirects;
+    this.attempt = next.attempt;
+    this.nextUrl = next.url;
     this.setState('reconnecting');
-    this.timer = setTimeout(() => this.open(), cap / 2 + Math.random() * (cap / 2));
+    this.timer = setTimeout(() => this.open(), next.delay);
+  }
+
+  // Reconnect now to the node `hint` names, as a 4003 with that hint would.
+  moveTo(hint) {
+    const ws = this.ws;
+    if (!ws || this.timer) return;
+    this.ws = null;
+    this.pauseRecording();
+    ws.close(1000);
+    this.hint = hint;
+    this.retry(4003);
   }
 
   disconnect() {
@@ -264,6 +398,8 @@ class Sdk {
         if (f.client_id) this.store.setItem(STORE_ID, f.client_id);
         for (const cb of this.idWaiters.splice(0)) cb(this.shortId());
         this.attempt = 0;
+        this.redirects = 0;
+        this.onNode = f.node;
         this.setState('connected');
         this.sendPresence(true);
         if (f.session) this.continueSession(f.session);
@@ -280,9 +416,12 @@ class Sdk {
         // about to read) a keyframe and all after it. Another would be the same page twice.
         if (this.stopRecording && !this.keyframeIsLast) this.snapshot();
         break;
-      case KINDS.ERROR:
-        console.warn('[cobrowse] relay error', f.code, f.message);
+      case KINDS.ERROR: {
+        const hint = hintFromError(f);
+        if (hint) this.hint = hint; // used when this socket closes with 4003
+        else console.warn('[cobrowse] relay error', f.code, f.message);
         break;
+      }
       case KINDS.PING:
         this.send('PONG', { t: f.t });
         break;
@@ -317,7 +456,7 @@ class Sdk {
     } catch (e) {
       /* the indicator then says "an agent" after a navigation */
     }
-    this.startSession(f.session, 'sessionStart');
+    this.beginSession(f.session, 'sessionStart');
   }
 
   continueSession(session) {
@@ -327,12 +466,13 @@ class Sdk {
     } catch (e) {
       /* no name: the indicator says "an agent" */
     }
-    this.startSession(session, 'sessionContinue');
+    this.beginSession(session, 'sessionContinue');
   }
 
-  startSession(session, event) {
+  beginSession(session, event) {
     this.session = session;
-    this.ui.showIndicator(this.agentName, () => this.stopSession());
+    this.ui.hideCode(); // the agent joined: the indicator takes its place
+    this.ui.showIndicator(this.agentName, () => this.stopSession().catch(warn));
     this.startRecording();
     this.emit(event, { session });
   }
@@ -342,6 +482,12 @@ class Sdk {
     this.session = '';
     this.pauseRecording();
     this.ui.reset();
+    if (was && this.codeSession) {
+      // The session started with the code is over: the code is spent.
+      this.codeSession = null;
+      saveCodeSession(null);
+      this.ui.hideCode();
+    }
     if (was) this.emit('sessionEnd', { session: was, reason });
   }
 
@@ -627,6 +773,42 @@ class Sdk {
   }
 }
 
+function warn(e) {
+  console.warn('[cobrowse]', e && e.message ? e.message : e);
+}
+
+// An Error for a public call that failed: "cobrowse: <what>: <reason>"; `reason` kept for the UI.
+function failure(what, reason) {
+  const e = new Error(`cobrowse: ${what}: ${reason}`);
+  e.reason = reason;
+  return e;
+}
+
+// The reason in the API's error shape ({status:"error", error, message}), else the HTTP status.
+function apiReason(body, status) {
+  const text = body && typeof body === 'object' && (body.message || body.error);
+  return typeof text === 'string' && text ? `${text} (HTTP ${status})` : `HTTP ${status}`;
+}
+
+function loadCodeSession() {
+  try {
+    const c = JSON.parse(sessionStorage.getItem(STORE_CODE_SESSION) || 'null');
+    return c && typeof c.token === 'string' && typeof c.clientId === 'string'
+      ? { token: c.token, clientId: c.clientId, node: typeof c.node === 'string' ? c.node : '' } : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+function saveCodeSession(c) {
+  try {
+    if (c) sessionStorage.setItem(STORE_CODE_SESSION, JSON.stringify(c));
+    else sessionStorage.removeItem(STORE_CODE_SESSION);
+  } catch (e) {
+    /* storage disabled: the code lives as long as this page */
+  }
+}
+
 function scrubAttrs(attrs, tag) {
   const field = FIELDS.has(String(tag || '').toLowerCase());
   for (const k of Object.keys(attrs)) {
@@ -800,7 +982,8 @@ function redirect(url) {
   const prev = window.Cobrowse;
   if (prev && prev.loaded) return; // the script tag twice on one page
   const sdk = new Sdk();
-  const COMMANDS = ['init', 'connect', 'updateConnection', 'getUserId', 'getLookupCode', 'stopSession', 'reset', 'on'];
+  const COMMANDS = ['init', 'connect', 'updateConnection', 'getUserId', 'getLookupCode', 'startSession', 'stopSession',
+    'reset', 'on'];
   function Cobrowse(cmd, ...args) {
     if (!COMMANDS.includes(cmd)) {
       console.warn('[cobrowse] unknown command', cmd);

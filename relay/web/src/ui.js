@@ -23,6 +23,11 @@ button { font: inherit; border: 0; border-radius: 6px; padding: 6px 12px; cursor
 .stop { background: #e5484d; color: #fff; padding: 4px 10px; }
 canvas { position: fixed; left: 0; top: 0; width: 100vw; height: 100vh; pointer-events: none;
   z-index: 2147483645; }
+.code { position: fixed; right: 16px; bottom: 16px; z-index: 2147483646; display: flex; gap: 10px;
+  align-items: center; background: #fff; color: #111; font: 14px/1.3 system-ui, sans-serif; padding: 10px 10px 10px 14px;
+  border-radius: 10px; box-shadow: 0 4px 14px rgba(0,0,0,.3); pointer-events: auto; max-width: calc(100vw - 32px); }
+.code.err { background: #fff1f0; color: #a40e26; }
+.code b { font-variant-numeric: tabular-nums; letter-spacing: .04em; }
 .ptr { position: fixed; width: 14px; height: 14px; margin: -7px 0 0 -7px; border-radius: 50%;
   background: rgba(31,111,235,.55); border: 2px solid #1f6feb; pointer-events: none; z-index: 2147483646;
   display: none; transition: left .05s linear, top .05s linear; }
@@ -34,6 +39,8 @@ export class VisitorUI {
     this.root = null;
     this.strokes = [];
     this.canvas = null;
+    this.code = null; // the session code box (startSession)
+    this.codeTimer = null;
     this.onScroll = () => this.redraw();
   }
 
@@ -113,6 +120,54 @@ export class VisitorUI {
   hideIndicator() {
     if (this.bar) this.bar.remove();
     this.bar = null;
+  }
+
+  // --- session code (startSession) ----------------------------------------------
+  // One line: "Your code: 845 800 826 — read it to your agent" and a Cancel button.
+  showCode(line, onCancel) {
+    const box = this.codeBox('code');
+    const text = make('span');
+    const m = /^(.*?: )(.+?)( — .*)$/.exec(line);
+    if (m) {
+      const b = make('b');
+      b.textContent = m[2];
+      text.append(m[1], b, m[3]);
+    } else {
+      text.textContent = line;
+    }
+    const cancel = button('Cancel', 'no', 'code-cancel');
+    cancel.addEventListener('click', onCancel);
+    box.append(text, cancel);
+  }
+
+  // One line saying what went wrong, with a button to close it; gone by itself after 10 s.
+  showCodeError(line) {
+    const box = this.codeBox('code-error');
+    box.classList.add('err');
+    const text = make('span');
+    text.textContent = line;
+    const close = button('Close', 'no', 'code-close');
+    close.addEventListener('click', () => this.hideCode());
+    box.append(text, close);
+    this.codeTimer = setTimeout(() => this.hideCode(), 10000);
+  }
+
+  codeBox(name) {
+    const root = this.ensure();
+    this.hideCode();
+    const box = make('div');
+    box.classList.add('code');
+    box.setAttribute('role', 'status');
+    box.setAttribute('data-cobrowse', name);
+    root.appendChild(box);
+    this.code = box;
+    return box;
+  }
+
+  hideCode() {
+    clearTimeout(this.codeTimer);
+    if (this.code) this.code.remove();
+    this.code = null;
   }
 
   // --- agent pointer and drawing ------------------------------------------------

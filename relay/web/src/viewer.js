@@ -10,10 +10,12 @@
 import { Replayer } from 'rrweb';
 import rrwebCss from 'rrweb/dist/style.css';
 
-import { KINDS, PROTOCOL_VERSION, decode, frameHandler, encode, unpackEvents, shouldReconnect } from './protocol.js';
+import { KINDS, PROTOCOL_VERSION, frameHandler, encode, unpackEvents } from './protocol.js';
+import { VIEWER_BACKOFF, hintFromError, lookupSession, nextConnect, socketUrl } from './redirect.js';
 
 const $ = (id) => document.getElementById(id);
 const BASE = (document.body.dataset.base || '').replace(/\/$/, '');
+const PAGE_BASE = `${location.origin}${BASE}`; // the usual base of the websocket (and of the session lookup)
 const params = new URLSearchParams(location.search);
 const VISITOR = params.get('id') || '';
 const GRANT = params.get('token') || '';
@@ -47,7 +49,11 @@ function loadStored() {
 class Viewer {
   constructor() {
     this.ws = null;
-    this.attempt = 0;
+    this.attempt = 0; // backoff steps since the last WELCOME
+    this.redirects = 0; // 4003 redirects followed since the last WELCOME
+    this.hint = null; // {node, url} of an ERROR session_moved on the current socket
+    this.connects = 0; // bumped by every connect(): a lookup that comes back late is dropped
+    this.url = ''; // the websocket URL of the current (or last) socket
     this.retryTimer = null;
     this.state = '';
     this.permissions = new Set(CLAIMS.p || []);
@@ -122,11 +128,33 @@ class Viewer {
   }
 
   // --- connection ------------------------------------------------------------------------
-  connect() {
+  // `url`: where a 4003 redirect sends this connect. Without it the relay is asked
+  // which node holds the visitor's session (at most LOOKUP_TIMEOUT_MS), and the
+  // socket goes there, or the usual way when it does not say.
+  connect(url = '') {
     this.retryTimer = null;
-    this.setState(this.attempt ? 'reconnecting' : 'connecting');
-    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${BASE}/ws/viewer`;
-    const ws = new WebSocket(url);
+    this.setState(this.attempt || this.redirects ? 'reconnecting' : 'connecting');
+    const n = ++this.connects;
+    if (url) {
+      this.open(url);
+      return;
+    }
+    lookupSession(PAGE_BASE, VISITOR).then((hint) => {
+      if (n !== this.connects || this.ended || this.ws) return;
+      this.open(hint ? socketUrl(hint.url || PAGE_BASE, 'viewer', hint.node) : socketUrl(PAGE_BASE, 'viewer'));
+    });
+  }
+
+  open(url) {
+    this.hint = null;
+    this.url = url;
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      this.onClose(1006, 'bad url');
+      return;
+    }
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     ws.onopen = () => {
@@ -158,11 +186,20 @@ class Viewer {
       }
       return this.setState('error', `The watch link is no longer valid (${reason || code}).`);
     }
-    if (!shouldReconnect(code)) return this.setState('error', `Disconnected (${reason || code}).`);
-    const cap = Math.min(10000, 300 * 2 ** Math.min(this.attempt, 6));
-    this.attempt += 1;
+    // 4003 follows the relay's hint at once; other retryable codes back off
+    // (0.3 s doubling to 10 s, half of it jitter) and ask where the session is.
+    const next = nextConnect({
+      code, hint: this.hint, redirects: this.redirects, attempt: this.attempt, base: PAGE_BASE, role: 'viewer',
+      backoff: VIEWER_BACKOFF,
+    });
+    this.hint = null;
+    if (!next.retry) return this.setState('error', `Disconnected (${reason || code}).`);
+    this.redirects = next.redirects;
+    this.attempt = next.attempt;
     this.setState('reconnecting');
-    this.retryTimer = setTimeout(() => this.connect(), cap / 2 + Math.random() * (cap / 2));
+    // A hint names the node: go there. Otherwise (backoff, or a 4003 naming none) ask first.
+    const url = next.redirect && next.node ? next.url : '';
+    this.retryTimer = setTimeout(() => this.connect(url), next.delay);
   }
 
   send(kind, fields = {}) {
@@ -183,6 +220,7 @@ class Viewer {
     switch (msg.code) {
       case KINDS.WELCOME:
         this.attempt = 0;
+        this.redirects = 0;
         if (f.resume) this.resume = f.resume;
         this.session = f.session || this.session;
         this.permissions = new Set(f.permissions || []);
@@ -204,7 +242,8 @@ class Viewer {
         this.renderPermissions();
         break;
       case KINDS.ERROR:
-        if (f.code === 'forbidden') this.note(`Not allowed: ${f.message || 'that action'}`);
+        if (hintFromError(f)) this.hint = hintFromError(f); // used when this socket closes with 4003
+        else if (f.code === 'forbidden') this.note(`Not allowed: ${f.message || 'that action'}`);
         else if (f.close_code) this.note(`${f.code}: ${f.message}`);
         break;
       case KINDS.DOM_KEYFRAME:
