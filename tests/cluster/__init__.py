@@ -1,0 +1,1 @@
+"""Cluster tests: several relay nodes behind the shipped balancer configs."""
