@@ -1,6 +1,6 @@
 """The storage port: what the core needs kept, nothing about how.
 
-Adapters (``sqlite.py`` now; Redis for clusters later) implement
+Adapters (``sqlite.py``, and ``redis.py`` for clusters) implement
 :class:`Store`; one contract suite in ``tests/relay/test_store_contract.py``
 runs against each. All times are Unix seconds (float).
 """
@@ -170,4 +170,28 @@ class Store(Protocol):
 
         The ``VISITOR_RETENTION_DAYS`` rule. Returns how many were deleted.
         """
+        ...
+
+    # --- live-session codes ----------------------------------------------------------
+    # The short code a visitor reads out to an agent (Genesys's 9-digit sessionToken).
+    # A code names one visitor until its claim expires; a visitor holds one code at most.
+
+    async def save_code(self, code: str, visitor: str, expires: float) -> bool:
+        """Claim ``code`` for ``visitor`` until ``expires``; False if another visitor holds it unexpired.
+
+        The visitor's previous code is released. Claiming the code it
+        already holds again succeeds and moves its expiry.
+        """
+        ...
+
+    async def visitor_of_code(self, code: str) -> str | None:
+        """The visitor holding ``code``; None if unknown, dropped, released or expired."""
+        ...
+
+    async def code_of(self, visitor: str) -> str | None:
+        """The code ``visitor`` holds unexpired, if any."""
+        ...
+
+    async def drop_code(self, code: str) -> None:
+        """Release ``code`` (nothing if no one holds it)."""
         ...

@@ -17,6 +17,8 @@ Key layout (``P`` is the prefix, ``cobrowse`` by default)::
     P:idx:nosession        zset    short ids of visitors without a session by last_seen
     P:idx:open             zset    ids of sessions not ended, by start time
     P:nonce:NONCE          string  a used grant nonce, expiring when the grant does
+    P:code:CODE            string  the short id holding live-session code CODE, expiring with the claim
+    P:{SHORT}:code         string  the code SHORT holds, expiring with the claim
     P:probe                string  what :meth:`RedisStore.ping` writes (100 ms TTL)
 
 One visitor's keys share the hash tag ``{SHORT}``, so they live in one slot
@@ -32,11 +34,23 @@ the recent index page by page (:data:`PAGE` members, their hashes in one
 pipeline) and stops at ``limit`` matches, so a visitor trimmed out of the
 most recent ``recent`` is no longer found (it is still read by its id).
 
-``RedisStore(url, cluster=True)`` speaks to a Redis Cluster through
-``redis.asyncio.RedisCluster``; the contract suite runs it on a one-node
-cluster, which refuses whatever crosses slots. Choosing this adapter from the
-settings (``REDIS_URL``) is left to the cluster work, and so is a per-node
-:meth:`RedisStore.mark_all_offline`.
+A live-session code is two keys in two slots, so a claim is three commands,
+each atomic on its own key: claim ``P:code:CODE`` (a script: set unless
+another visitor holds it), point ``P:{SHORT}:code`` at it (``SET ... GET``
+returns the previous code), release the previous code (a script: delete it
+if it still names this visitor). A reader follows a pointer only when the
+other key points back (code to visitor to the same code), so what a crash
+or a race between these commands leaves behind, a code key whose visitor
+has moved on, reads as no claim; it expires with its claim and until then
+keeps that code from being claimed by another visitor (codes are random:
+the caller draws another).
+
+``RedisStore(url)`` takes every ``REDIS_URL`` form
+(:mod:`relay.cluster.redisconn`): one server, Sentinel (a failover is
+followed: commands retried by redis-py reach the promoted replica), or a
+Redis Cluster. The contract suite runs it on each, the cluster having three
+masters, so whatever crosses slots is refused as in production. A per-node
+:meth:`RedisStore.mark_all_offline` is left to the cluster work.
 """
 
 from __future__ import annotations
@@ -47,18 +61,20 @@ import dataclasses
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..cluster.redisconn import connect, parse_redis_url
 from .base import SearchQuery, SessionRecord, Visitor
 
 __all__ = ["RedisStore", "RECENT", "PAGE"]
 
 RECENT = 10_000  # visitors the recent index keeps: what latest_visitors and search can see
 PAGE = 200  # index members read per round trip by search, latest_visitors, open_sessions, expiry
+T = TypeVar("T")
 
 _VISITOR_FIELDS = tuple(f.name for f in dataclasses.fields(Visitor))
 _SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
@@ -86,6 +102,19 @@ _OFFLINE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'online', 'false', 'in_session', 'false')
 return 1
+"""
+# KEYS[1] a code key: give it to visitor ARGV[1] until ARGV[2] (Unix ms) unless another
+# visitor holds it. 1 claimed, 0 held.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+return 1
+"""
+# KEYS[1] a code key or a visitor's code pointer: delete it if it still holds ARGV[1].
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -121,6 +150,11 @@ def _ids(members: Iterable[Any]) -> list[str]:
     return [m.decode() for m in members]
 
 
+def _str(raw: object) -> str:
+    """A reply (bytes from the server) as str."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 def _text(v: Visitor, name: str) -> str:
     value = getattr(v, name)
     return (value if isinstance(value, str) else _dump(value).decode()).lower()
@@ -149,24 +183,21 @@ class RedisStore:
     included: they wait for those first.
     """
 
-    def __init__(
-        self, url: str, prefix: str = "cobrowse", *, cluster: bool = False, recent: int = RECENT, page: int = PAGE
-    ) -> None:
-        """``url`` names one server (or, with ``cluster``, any node of a Redis Cluster).
+    def __init__(self, url: str, prefix: str = "cobrowse", *, recent: int = RECENT, page: int = PAGE) -> None:
+        """``url`` is any ``REDIS_URL`` form (one server, Sentinel, Redis Cluster); ValueError if malformed.
 
         ``recent`` bounds the recent index (what search and latest see),
         ``page`` the members read per round trip.
         """
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain braces (they make the hash tag)")
-        self._url = url
-        self._cluster = cluster
+        self._target = parse_redis_url(url)
         self._p = prefix
         self._recent = recent
         self._page = page
         self._r: aioredis.Redis | aioredis.RedisCluster | None = None
-        self._tails: dict[str, asyncio.Task[None]] = {}  # last pending write per visitor/session
-        self._pending: set[asyncio.Task[None]] = set()
+        self._tails: dict[str, asyncio.Task[Any]] = {}  # last pending write per visitor/session/code
+        self._pending: set[asyncio.Task[Any]] = set()
 
     # --- keys ----------------------------------------------------------------------------
     def _vkey(self, short_id: str) -> str:
@@ -184,6 +215,12 @@ class RedisStore:
     def _idx(self, name: str) -> str:
         return f"{self._p}:idx:{name}"
 
+    def _ckey(self, code: str) -> str:
+        return f"{self._p}:code:{code}"
+
+    def _vcode(self, short_id: str) -> str:
+        return f"{self._p}:{{{short_id}}}:code"
+
     @property
     def _redis(self) -> aioredis.Redis | aioredis.RedisCluster:
         if self._r is None:
@@ -191,25 +228,27 @@ class RedisStore:
         return self._r
 
     # --- write ordering ------------------------------------------------------------------
-    def _submit(self, key: str, write: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-        """Start ``write`` after the pending write of ``key`` (if any); it runs to its end."""
-        prev = self._tails.get(key)
+    def _submit(self, keys: tuple[str, ...], write: Callable[[], Awaitable[T]]) -> asyncio.Task[T]:
+        """Start ``write`` after the pending writes of ``keys`` (if any); it runs to its end."""
+        prev = [t for t in map(self._tails.get, keys) if t is not None]
         task = asyncio.get_running_loop().create_task(self._after(prev, write))
-        self._tails[key] = task
+        for key in keys:
+            self._tails[key] = task
         self._pending.add(task)
-        task.add_done_callback(partial(self._forget, key))
+        task.add_done_callback(partial(self._forget, keys))
         return task
 
     @staticmethod
-    async def _after(prev: asyncio.Task[None] | None, write: Callable[[], Awaitable[None]]) -> None:
-        if prev is not None:
-            await asyncio.wait([prev])
-        await write()
+    async def _after(prev: list[asyncio.Task[Any]], write: Callable[[], Awaitable[T]]) -> T:
+        if prev:
+            await asyncio.wait(prev)
+        return await write()
 
-    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+    def _forget(self, keys: tuple[str, ...], task: asyncio.Task[Any]) -> None:
         self._pending.discard(task)
-        if self._tails.get(key) is task:
-            del self._tails[key]
+        for key in keys:
+            if self._tails.get(key) is task:
+                del self._tails[key]
 
     async def _settled(self, key: str | None = None) -> None:
         """Wait for the pending writes of ``key`` (or every pending write); their errors are theirs."""
@@ -220,17 +259,19 @@ class RedisStore:
     # --- lifecycle -----------------------------------------------------------------------
     async def open(self) -> None:
         """Connect and check that the server answers (raises if it does not)."""
-        options: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10}
-        r = (
-            aioredis.RedisCluster.from_url(self._url, **options)
-            if self._cluster
-            else aioredis.from_url(self._url, **options)
-        )
+        r = connect(self._target, socket_connect_timeout=5, socket_timeout=10)
         self._r = r
         self._close_script = r.register_script(_CLOSE)
         self._expire_script = r.register_script(_EXPIRE)
         self._offline_script = r.register_script(_OFFLINE)
-        await r.ping()
+        self._claim_script = r.register_script(_CLAIM)
+        self._release_script = r.register_script(_RELEASE)
+        try:
+            await r.ping()
+        except BaseException:
+            self._r = None
+            await r.aclose()
+            raise
 
     async def close(self) -> None:
         """Let pending writes finish, then disconnect."""
@@ -254,7 +295,7 @@ class RedisStore:
     async def save_visitor(self, v: Visitor) -> None:
         """Upsert ``v``; its first ``first_seen`` is kept."""
         snapshot = dataclasses.replace(v, identities=list(v.identities), tags=list(v.tags))
-        await asyncio.shield(self._submit(f"v:{v.short_id}", partial(self._put_visitor, snapshot)))
+        await asyncio.shield(self._submit((f"v:{v.short_id}",), partial(self._put_visitor, snapshot)))
 
     async def _put_visitor(self, v: Visitor) -> None:
         key = self._vkey(v.short_id)
@@ -355,7 +396,7 @@ class RedisStore:
     async def save_session(self, s: SessionRecord) -> None:
         """Upsert ``s`` (a save after a close reopens it, as in every adapter)."""
         snapshot = SessionRecord(**orjson.loads(orjson.dumps(dataclasses.asdict(s))))
-        await asyncio.shield(self._submit(f"s:{s.id}", partial(self._put_session, snapshot)))
+        await asyncio.shield(self._submit((f"s:{s.id}",), partial(self._put_session, snapshot)))
 
     async def _put_session(self, s: SessionRecord) -> None:
         async with self._redis.pipeline(transaction=True) as tx:
@@ -444,3 +485,43 @@ class RedisStore:
             for name in ("nosession", "recent", "online") if gone else ("nosession",):
                 p.zrem(self._idx(name), short_id)
             await p.execute()
+
+    # --- live-session codes --------------------------------------------------------------
+    async def save_code(self, code: str, visitor: str, expires: float) -> bool:
+        """Claim, point, release the previous code: three commands in two slots (the module's docstring)."""
+        keys = (f"code:{code}", f"codeof:{visitor}")
+        return await asyncio.shield(self._submit(keys, partial(self._claim, code, visitor, expires)))
+
+    async def _claim(self, code: str, visitor: str, expires: float) -> bool:
+        at = max(1, math.ceil(expires * 1000))
+        if not await self._claim_script(keys=[self._ckey(code)], args=[visitor, at]):
+            return False
+        prev = await self._redis.set(self._vcode(visitor), code.encode(), pxat=at, get=True)
+        if prev is not None and _str(prev) != code:
+            await self._release_script(keys=[self._ckey(_str(prev))], args=[visitor])
+        return True
+
+    async def visitor_of_code(self, code: str) -> str | None:
+        """The code key's visitor, if that visitor's pointer names this code back."""
+        await self._settled(f"code:{code}")
+        visitor = await self._redis.get(self._ckey(code))
+        if visitor is None or await self._redis.get(self._vcode(_str(visitor))) != code.encode():
+            return None
+        return _str(visitor)
+
+    async def code_of(self, visitor: str) -> str | None:
+        """The visitor's pointer, if that code's key names this visitor back."""
+        await self._settled(f"codeof:{visitor}")
+        code = await self._redis.get(self._vcode(visitor))
+        if code is None or await self._redis.get(self._ckey(_str(code))) != visitor.encode():
+            return None
+        return _str(code)
+
+    async def drop_code(self, code: str) -> None:
+        """Delete the code key, then its visitor's pointer if it still names this code."""
+        await asyncio.shield(self._submit((f"code:{code}",), partial(self._drop, code)))
+
+    async def _drop(self, code: str) -> None:
+        visitor = await self._redis.getdel(self._ckey(code))
+        if visitor is not None:
+            await self._release_script(keys=[self._vcode(_str(visitor))], args=[code])

@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS nonces (
     nonce TEXT PRIMARY KEY,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS live_codes (
+    code TEXT PRIMARY KEY,
+    visitor TEXT NOT NULL UNIQUE,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS live_codes_expires ON live_codes (expires);
 """
 
 # Columns added since the first schema, with their definitions: _migrate adds
@@ -160,6 +166,32 @@ _VISITOR_EXPIRE = (
     "DELETE FROM visitors WHERE last_seen < ? AND online = 0 "
     "AND NOT EXISTS (SELECT 1 FROM sessions WHERE sessions.visitor = visitors.short_id)"
 )
+
+
+def _atomic(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(db)`` in one transaction: committed if it returns, rolled back if it raises."""
+    db.execute("BEGIN")
+    try:
+        result = fn(db)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _claim_code(db: sqlite3.Connection, code: str, visitor: str, expires: float) -> bool:
+    """Prune expired codes, then give ``code`` to ``visitor`` unless another visitor holds it.
+
+    One row per visitor (its unique index): its previous code goes with the claim.
+    """
+    db.execute("DELETE FROM live_codes WHERE expires <= ?", (time.time(),))
+    held = db.execute("SELECT visitor FROM live_codes WHERE code = ?", (code,)).fetchone()
+    if held is not None and held[0] != visitor:
+        return False
+    db.execute("DELETE FROM live_codes WHERE visitor = ?", (visitor,))
+    db.execute("INSERT INTO live_codes (code, visitor, expires) VALUES (?, ?, ?)", (code, visitor, expires))
+    return True
 
 
 def _visitor_row(v: Visitor) -> tuple[Any, ...]:
@@ -401,19 +433,26 @@ class SqliteStore:
             return 0
         await self._settled()  # a pending save of one of them must not reopen it afterwards
         args = [(ended, reason, i) for i in dict.fromkeys(ids)]
-
-        def close(db: sqlite3.Connection) -> int:
-            db.execute("BEGIN")
-            try:
-                n = db.executemany(_SESSION_CLOSE, args).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return n
-
-        return await self._run(close)
+        return await self._run(partial(_atomic, fn=lambda db: db.executemany(_SESSION_CLOSE, args).rowcount))
 
     async def expire_visitors(self, cutoff: float) -> int:
         await self._settled()
         return await self._run(lambda db: db.execute(_VISITOR_EXPIRE, (cutoff,)).rowcount)
+
+    # --- live-session codes --------------------------------------------------------------
+    async def save_code(self, code: str, visitor: str, expires: float) -> bool:
+        """One transaction: expired codes pruned, the claim checked, the visitor's row replaced."""
+        return await self._run(partial(_atomic, fn=partial(_claim_code, code=code, visitor=visitor, expires=expires)))
+
+    async def visitor_of_code(self, code: str) -> str | None:
+        sql = "SELECT visitor FROM live_codes WHERE code = ? AND expires > ?"
+        row = await self._run(lambda db: db.execute(sql, (code, time.time())).fetchone())
+        return None if row is None else str(row[0])
+
+    async def code_of(self, visitor: str) -> str | None:
+        sql = "SELECT code FROM live_codes WHERE visitor = ? AND expires > ?"
+        row = await self._run(lambda db: db.execute(sql, (visitor, time.time())).fetchone())
+        return None if row is None else str(row[0])
+
+    async def drop_code(self, code: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM live_codes WHERE code = ?", (code,)))

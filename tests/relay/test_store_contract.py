@@ -1,8 +1,12 @@
-"""The storage port's contract, run against every adapter: SQLite, and Redis on a real redis-server.
+"""The storage port's contract, run against every adapter: SQLite, and Redis in each form it is deployed in.
 
-The Redis adapter is tested against ``redis-server`` processes this module
-starts on free ports (never a fake): one for the module, flushed before each
-test, and a read-only replica of it for the ``ping`` test. Without the binary
+The Redis adapter is tested against real processes this module starts on
+free ports (never a fake; :mod:`tests.redisprocs`), each for the whole
+module and emptied before each test: one ``redis-server``, a Redis Cluster
+of three masters (so whatever crosses slots is refused, as in production),
+and a Sentinel group (a master, a replica, three sentinels) reached through
+its ``redis+sentinel://`` URL. A read-only replica serves the ``ping`` test,
+and a Sentinel group of its own the failover test. Without the binaries
 these tests skip, and fail under CI.
 """
 
@@ -11,126 +15,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from redis.crc import key_slot
+from redis.exceptions import RedisError
 
+from relay.settings import Settings
+from relay.storage import open_storage
 from relay.storage.base import SessionRecord, Store, Visitor, parse_search
 from relay.storage.redis import RedisStore
 from relay.storage.sqlite import SqliteStore
 
-from ..conftest import free_port, require_binary
+from ..redisprocs import RedisClusterProcs, RedisServer, SentinelGroup
 
 ADAPTERS = (
     pytest.param("redis", marks=pytest.mark.cluster),
     pytest.param("redis-cluster", marks=pytest.mark.cluster),
+    pytest.param("redis-sentinel", marks=pytest.mark.cluster),
     "sqlite",
 )
 
 
-class RedisServer:
-    """One ``redis-server`` process without persistence, on 127.0.0.1 (a one-node cluster with ``cluster``).
-
-    Its ports come from :func:`free_port`; a server that exits before it
-    answers (a port taken meanwhile) is started again on others, three
-    times at most. Its log is ``redis.log`` in ``directory``.
-    """
-
-    def __init__(self, directory: Path, *extra: str, cluster: bool = False) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self._directory = directory
-        for _ in range(3):
-            self.port = free_port()
-            self.url = f"redis://127.0.0.1:{self.port}/0"
-            self.proc = self._spawn([*extra, *self._cluster_args(cluster)])
-            if self._await_ready():
-                return
-        raise RuntimeError(f"redis-server exited three times before answering:\n{self._log()}")
-
-    def _cluster_args(self, cluster: bool) -> list[str]:
-        """Cluster mode, its bus on a port of its own (the default, port + 10000, may not exist)."""
-        if not cluster:
-            return []
-        nodes = self._directory / f"nodes-{self.port}.conf"
-        bus = free_port()
-        while bus == self.port:
-            bus = free_port()
-        return ["--cluster-enabled", "yes", "--cluster-config-file", str(nodes), "--cluster-port", str(bus)]
-
-    def _spawn(self, extra: list[str]) -> subprocess.Popen[bytes]:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(self._directory), "--logfile", str(self._directory / "redis.log")]
-        return subprocess.Popen([require_binary("redis-server"), *args, *extra])
-
-    def _log(self) -> str:
-        path = self._directory / "redis.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else "(no log)"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-
-    def _await_ready(self, timeout: float = 10.0) -> bool:
-        """True once it answers PING; False if it exited first; raises if it hangs past ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(redis.ConnectionError), self.client() as r:
-                if r.ping():
-                    return True
-            if self.proc.poll() is not None:
-                return False
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} did not answer:\n{self._log()}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    try:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
-def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis Cluster of one node holding every slot: it refuses what crosses slots, as a real one does."""
-    directory = tmp_path_factory.mktemp("redis-cluster")
-    server = RedisServer(directory, cluster=True)
-    try:
-        with server.client() as r:
-            r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-            deadline = time.monotonic() + 10
-            while r.cluster("info")["cluster_state"] != "ok":
-                assert time.monotonic() < deadline, "the one-node cluster did not come up"
-                time.sleep(0.02)
-        yield server
-    finally:
-        server.stop()
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
+    with RedisClusterProcs(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
-@pytest.fixture
-def redis_cluster_url(redis_cluster_server: RedisServer) -> str:
-    """The module's one-node cluster, emptied for this test."""
-    with redis_cluster_server.client() as r:
-        r.flushall()
-    return redis_cluster_server.url.removesuffix("/0")
+@pytest.fixture(scope="module")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    with SentinelGroup(tmp_path_factory.mktemp("redis-sentinel")) as group:
+        yield group
 
 
 @pytest.fixture
@@ -146,8 +71,13 @@ def _factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Sto
         url: str = request.getfixturevalue("redis_url")
         return lambda: RedisStore(url)
     if request.param == "redis-cluster":
-        cluster_url: str = request.getfixturevalue("redis_cluster_url")
-        return lambda: RedisStore(cluster_url, cluster=True)
+        cluster: RedisClusterProcs = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        return lambda: RedisStore(cluster.url)
+    if request.param == "redis-sentinel":
+        group: SentinelGroup = request.getfixturevalue("sentinel_group")
+        group.flushall()
+        return lambda: RedisStore(group.url)
     return lambda: SqliteStore(tmp_path / "store.sqlite3")
 
 
@@ -386,6 +316,64 @@ def test_expiring_visitors_deletes_only_old_offline_ones_that_never_had_a_sessio
     open_store(body)
 
 
+# --- live-session codes -------------------------------------------------------------------
+def test_a_code_names_its_visitor_until_it_is_dropped(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        exp = time.time() + 60
+        assert await store.save_code("123456789", "V1", exp) is True
+        assert await store.visitor_of_code("123456789") == "V1"
+        assert await store.code_of("V1") == "123456789"
+        assert await store.visitor_of_code("987654321") is None
+        assert await store.code_of("NOBODY") is None
+        await store.drop_code("123456789")
+        assert await store.visitor_of_code("123456789") is None
+        assert await store.code_of("V1") is None
+        await store.drop_code("123456789")  # dropping what no one holds is nothing
+
+    open_store(body)
+
+
+def test_a_held_code_is_refused_to_another_visitor_and_a_new_code_releases_the_old(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        exp = time.time() + 60
+        assert await store.save_code("111111111", "V1", exp) is True
+        assert await store.save_code("111111111", "V2", exp) is False
+        assert await store.visitor_of_code("111111111") == "V1" and await store.code_of("V2") is None
+        assert await store.save_code("111111111", "V1", exp + 60) is True  # its own code again
+        assert await store.save_code("222222222", "V1", exp) is True  # one code per visitor
+        assert await store.visitor_of_code("111111111") is None
+        assert (await store.code_of("V1"), await store.visitor_of_code("222222222")) == ("222222222", "V1")
+        assert await store.save_code("111111111", "V2", exp) is True  # released, free for another
+        assert await store.visitor_of_code("111111111") == "V2"
+
+    open_store(body)
+
+
+def test_an_expired_code_is_gone_and_free_to_claim(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        assert await store.save_code("333333333", "V1", time.time() + 0.3) is True
+        assert await store.visitor_of_code("333333333") == "V1"
+        await asyncio.sleep(0.4)
+        assert await store.visitor_of_code("333333333") is None
+        assert await store.code_of("V1") is None
+        assert await store.save_code("333333333", "V2", time.time() + 60) is True
+        assert await store.visitor_of_code("333333333") == "V2"
+
+    open_store(body)
+
+
+def test_concurrent_claims_of_one_code_admit_exactly_one_visitor(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        exp = time.time() + 60
+        results = await asyncio.gather(*(store.save_code("444444444", f"V{i}", exp) for i in range(10)))
+        assert sorted(results) == [False] * 9 + [True]
+        winner = f"V{results.index(True)}"
+        assert await store.visitor_of_code("444444444") == winner
+        assert [await store.code_of(f"V{i}") for i in range(10)].count("444444444") == 1
+
+    open_store(body)
+
+
 # --- SQLite only: databases made by an older version ------------------------------------
 _FIRST_SCHEMA = """
 CREATE TABLE visitors (
@@ -428,6 +416,7 @@ def test_sqlite_adds_the_new_columns_to_an_older_database_and_keeps_its_rows(tmp
                 s = _open("new1", "V", 20.0)
                 await store.save_session(s)
                 assert await store.get_session("new1") == s
+                assert await store.save_code(f"55555555{again:d}", "V", time.time() + 60)  # the new table
             finally:
                 await store.close()
 
@@ -534,3 +523,102 @@ def test_redis_ping_is_false_on_a_read_only_replica_and_a_dead_server(
         assert _redis(replica.url, stopped) is False
     finally:
         replica.stop()
+
+
+@pytest.mark.cluster
+def test_redis_code_keys_expire_with_the_claim_and_the_pointer_sits_in_the_visitors_slot(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    exp = time.time() + 60
+
+    async def body(store: RedisStore) -> None:
+        assert await store.save_code("123456789", "AB12CD", exp)
+
+    _redis(redis_url, body)
+    with redis_server.client() as r:
+        assert r.get("cobrowse:code:123456789") == b"AB12CD"
+        assert r.get("cobrowse:{AB12CD}:code") == b"123456789"
+        for key in ("cobrowse:code:123456789", "cobrowse:{AB12CD}:code"):
+            assert abs(r.pexpiretime(key) / 1000 - exp) <= 0.01
+    assert key_slot(b"cobrowse:{AB12CD}:code") == key_slot(b"cobrowse:{AB12CD}:v")
+
+
+@pytest.mark.cluster
+def test_redis_a_half_made_claim_reads_as_no_claim(redis_url: str, redis_server: RedisServer) -> None:
+    """What a crash between a claim's commands leaves: keys that do not point back at each other."""
+    exp_ms = int((time.time() + 60) * 1000)
+    with redis_server.client() as r:
+        r.set("cobrowse:code:111111111", b"V1", pxat=exp_ms)  # claimed, pointer never written
+        r.set("cobrowse:{V2}:code", b"222222222", pxat=exp_ms)  # pointer to a code never claimed
+        r.set("cobrowse:code:333333333", b"V3", pxat=exp_ms)  # released too late: V3 moved on
+        r.set("cobrowse:{V3}:code", b"444444444", pxat=exp_ms)
+        r.set("cobrowse:code:444444444", b"V3", pxat=exp_ms)
+
+    async def body(store: RedisStore) -> None:
+        assert await store.visitor_of_code("111111111") is None
+        assert await store.code_of("V2") is None
+        assert await store.visitor_of_code("333333333") is None
+        assert (await store.code_of("V3"), await store.visitor_of_code("444444444")) == ("444444444", "V3")
+        assert await store.save_code("111111111", "V9", exp_ms / 1000) is False  # held until it expires
+        assert await store.save_code("111111111", "V1", exp_ms / 1000) is True  # its visitor completes it
+        assert await store.visitor_of_code("111111111") == "V1"
+
+    _redis(redis_url, body)
+
+
+@pytest.mark.cluster
+def test_redis_store_on_a_sentinel_url_follows_a_failover(tmp_path: Path) -> None:
+    """SIGKILL the master: within down-after + 5 s a write lands on the promoted replica.
+
+    Meanwhile the store is seen failing: ``ping()`` answers False (its 1 s
+    budget runs out while redis-py retries against a master the sentinels
+    call down) or a write raises once redis-py's retries are spent. The
+    visitor written (and replicated) before the kill is still there.
+
+    Observed (redis-py 8.1, Redis 7.0, down-after 1 s): one ping False, then
+    the next write, held by the retries :func:`relay.cluster.redisconn.connect`
+    gives the Sentinel client, lands 2.6 to 3.1 s after the kill; no write
+    raised. Without those retries (redis-py's ``master_for`` has none) every
+    write raised at once, ``ConnectionError`` (refused) for about a second,
+    then ``MasterNotFoundError`` until the promotion.
+    """
+    down_after = 1.0
+    with SentinelGroup(tmp_path / "sentinel", down_after_ms=int(down_after * 1000)) as group:
+
+        async def body(store: RedisStore) -> tuple[list[bool], list[str]]:
+            await store.save_visitor(Visitor("BEFORE", first_seen=1, last_seen=1))
+            with group.master.client() as r:
+                assert r.execute_command("WAIT", 1, 2000) == 1  # on the replica too
+            killed = await asyncio.to_thread(group.kill_master)
+            since = time.monotonic()
+            pings: list[bool] = []
+            errors: list[str] = []
+            for i in range(200):  # bounded by the deadline below long before
+                assert time.monotonic() - since < down_after + 5, (pings, errors)
+                pings.append(await store.ping())
+                try:
+                    await store.save_visitor(Visitor(f"AFTER{i}", first_seen=1, last_seen=2))
+                except RedisError as e:
+                    errors.append(type(e).__name__)
+                else:
+                    if pings[-1]:
+                        break
+                await asyncio.sleep(0.1)
+            assert time.monotonic() - since < down_after + 5, (pings, errors)
+            assert await store.get_visitor("BEFORE") is not None
+            new = await asyncio.to_thread(group.wait_failover, 10)
+            assert new != killed.port
+            with group.server(new).client() as r:
+                assert r.exists(f"cobrowse:{{AFTER{i}}}:v") == 1
+            return pings, errors
+
+        pings, errors = _redis(group.url, body)
+        assert False in pings or errors, (pings, errors)
+
+
+def test_open_storage_picks_redis_when_redis_url_is_set(tmp_path: Path) -> None:
+    assert isinstance(open_storage(Settings(data_dir=tmp_path)), SqliteStore)
+    store = open_storage(Settings(data_dir=tmp_path, redis_url="redis+sentinel://127.0.0.1:26379/mymaster"))
+    assert isinstance(store, RedisStore)
+    with pytest.raises(ValueError, match="names the master's service"):
+        open_storage(Settings(data_dir=tmp_path, redis_url="redis+sentinel://127.0.0.1:26379"))
