@@ -25,9 +25,11 @@ this node.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -169,7 +171,7 @@ async def stop(request: Request) -> Response:
     if not _SHORT_ID.match(visitor):
         raise ApiError(404, "not_found", "no live session for this userToken")
     try:
-        times = await service.end_live(visitor, "visitor_ended")
+        times = await service.end_live(visitor, "stopped")
     except RelayError as e:
         raise ApiError(e.status, e.code, str(e)) from None
     code = await service.store.code_of(visitor)
@@ -181,11 +183,27 @@ async def stop(request: Request) -> Response:
     return _cors(JSON({"activationTime": int(started * 1000), "deactivationTime": int(ended * 1000)}), origin)
 
 
+def _with_cors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Errors after the origin check carry the CORS headers too, so the page can read them."""
+
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            response = e.response()
+            if e.code != "origin_not_allowed":
+                with contextlib.suppress(ApiError):
+                    _cors(response, _origin(request))
+            return response
+
+    return handle
+
+
 routes = [
-    Route("/sessions", create, methods=["POST"]),
-    Route("/sessions", preflight, methods=["OPTIONS"]),
-    Route("/sessions/{id}", get_session, methods=["GET"]),
-    Route("/sessions/{id}", preflight, methods=["OPTIONS"]),
-    Route("/users/{token}/session/stop", stop, methods=["GET"]),
-    Route("/users/{token}/session/stop", preflight, methods=["OPTIONS"]),
+    Route("/sessions", _with_cors(create), methods=["POST"]),
+    Route("/sessions", _with_cors(preflight), methods=["OPTIONS"]),
+    Route("/sessions/{id}", _with_cors(get_session), methods=["GET"]),
+    Route("/sessions/{id}", _with_cors(preflight), methods=["OPTIONS"]),
+    Route("/users/{token}/session/stop", _with_cors(stop), methods=["GET"]),
+    Route("/users/{token}/session/stop", _with_cors(preflight), methods=["OPTIONS"]),
 ]

@@ -8,8 +8,11 @@ Clients reach nodes directly and follow the relay's 4003 hints as the browser co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,13 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import protocol as p
 import pytest
+from websockets.exceptions import ConnectionClosed
 
-from ..redisprocs import RedisServer
+import protocol as p
+
+from ..conftest import base_env, free_port
+from ..redisprocs import RedisServer, SentinelGroup
 from ..relay.client import rest, run, visitor, wait_for, watch_token
 from .clients import Follower
-from .harness import ORIGIN, Node, start_nodes, stop_nodes
+from .harness import ORIGIN, SECRET_KEY, Node, start_nodes, stop_nodes
 
 pytestmark = pytest.mark.cluster
 
@@ -131,7 +137,6 @@ def test_one_watch_url_opened_on_two_nodes_at_once_admits_exactly_one_viewer(two
 
 
 def test_health_and_the_cluster_view(two: list[Node]) -> None:
-    a, b = two
     for n in two:
         status, _, body = http(f"{n.base}/stats")
         assert status == 200 and body["node"] == n.name
@@ -197,3 +202,195 @@ def test_the_owner_killed_its_session_is_taken_over_where_the_visitor_returns(
         run(scenario())
     finally:
         stop_nodes(nodes)
+
+
+async def _session(entry: Node, nodes: list[Node], client_id: str, server: RedisServer) -> tuple[Any, Any, p.Welcome]:
+    """A visitor on ``entry`` and one viewer watching it live (the viewer follows to the owner)."""
+    vpeer, _ = await Follower(
+        entry.ws_base, "visitor", hello_visitor(client_id), origin=ORIGIN, direct=direct(nodes)
+    ).connect()
+    await vpeer.send(p.Presence(url="https://shop.example/"))
+    await asyncio.sleep(0.2)
+    token = watch_token(entry, client_id)
+    wpeer, ww = await Follower(entry.ws_base, "viewer", hello_viewer(token), direct=direct(nodes)).connect()
+    req = await vpeer.expect(p.SessionRequest)
+    await vpeer.send(p.SessionAccept(session=req.session))
+    await wpeer.expect(p.SessionAccept)
+    await vpeer.send(p.DomKeyframe(data=b"k0"))
+    assert (await wpeer.expect(p.DomKeyframe)).data == b"k0"
+    stored_live(server, client_id, req.session)
+    return vpeer, wpeer, ww
+
+
+def test_a_zombie_owner_woken_after_a_takeover_delivers_nothing_more(tmp_path: Path, redis_own: RedisServer) -> None:
+    nodes = start_nodes(tmp_path, 2, redis_own.url)
+    a, b = nodes
+    try:
+
+        async def scenario() -> None:
+            vpeer, wpeer, _ = await _session(a, nodes, "ZOMBIE0001", redis_own)
+            assert a.proc is not None
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                # The visitor comes back on node2: node1 still listens on its channel but does not
+                # answer, so node2 waits for node1's claim to lapse (OWNERSHIP_TTL=2), then owns it.
+                vis2 = Follower(b.ws_base, "visitor", hello_visitor("ZOMBIE0001"), origin=ORIGIN, direct=direct(nodes))
+                vpeer2, vw2 = await vis2.connect(timeout=20)
+                assert vw2.node == "node2" and vw2.session, vw2
+                assert any(h.error and h.error.close_code == p.CloseCode.INTERNAL_ERROR for h in vis2.hops), vis2.hops
+                await vpeer2.expect(p.ResyncRequest)
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            # The old visitor socket on node1 sends on; node1 must serve nothing of it.
+            with contextlib.suppress(ConnectionClosed):
+                await vpeer.send(p.DomKeyframe(data=b"zombie"))
+                await vpeer.send(p.DomDelta(data=b"zombie"))
+            got: list[p.Message] = []
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                while True:
+                    got.append(await wpeer.recv(5))
+            assert not [m for m in got if isinstance(m, p.DomKeyframe | p.DomDelta)], got
+            moved = [m for m in got if isinstance(m, p.Error)]
+            assert moved and moved[0].code == "session_moved" and moved[0].node == "node2", got
+            assert wpeer.ws.close_code == p.CloseCode.SESSION_MOVED
+
+        run(scenario())
+    finally:
+        stop_nodes(nodes)
+
+
+def test_redis_restarted_empty_every_node_says_503_then_recovers_and_reowns_its_rooms(
+    tmp_path: Path, redis_own: RedisServer
+) -> None:
+    nodes = start_nodes(tmp_path, 2, redis_own.url)
+    a, _b = nodes
+    try:
+
+        async def scenario() -> None:
+            vpeer, wpeer, ww = await _session(a, nodes, "RESTART001", redis_own)
+            redis_own.kill()
+            for n in nodes:
+                wait_for(lambda n=n: status_of(f"{n.base}/health") == 503, 10, f"{n.name} 503 without Redis")
+            await asyncio.sleep(2.5)  # past OWNERSHIP_TTL: node1's claim has lapsed meanwhile
+            redis_own.restart()  # no persistence: it comes back empty
+            for n in nodes:
+                wait_for(lambda n=n: status_of(f"{n.base}/health") == 200, 15, f"{n.name} 200 again")
+            # node1 claims its room again under a new epoch: the viewer is sent to resume...
+            assert await wpeer.closed(10) == p.CloseCode.SESSION_MOVED
+            ask = await vpeer.expect(p.ResyncRequest, 10)
+            assert ask.reason == "resume"
+            await vpeer.send(p.DomKeyframe(data=b"fresh"))
+            view2 = Follower(a.ws_base, "viewer", hello_viewer(ww.resume, ww.epoch, 1), direct=direct(nodes))
+            wpeer2, ww2 = await view2.connect()
+            assert ww2.epoch != ww.epoch
+            assert (await wpeer2.expect(p.DomKeyframe)).data == b"fresh"
+
+        run(scenario())
+    finally:
+        stop_nodes(nodes)
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
+def test_sentinel_failover_every_node_moves_to_the_new_master_and_says_503_meanwhile(tmp_path: Path) -> None:
+    down_after = 1000
+    with SentinelGroup(tmp_path / "sentinel", down_after_ms=down_after) as group:
+        nodes = start_nodes(tmp_path, 2, group.url)
+        try:
+            for n in nodes:
+                assert status_of(f"{n.base}/health") == 200
+            old = group.current_master_port()
+            killed_at = time.monotonic()
+            group.kill_master()
+            seen_503 = {n.name: False for n in nodes}
+            back: dict[str, float] = {}
+            deadline = killed_at + down_after / 1000 + 5 + 10
+            while len(back) < len(nodes) and time.monotonic() < deadline:
+                for n in nodes:
+                    if n.name in back:
+                        continue
+                    status = status_of(f"{n.base}/health")
+                    if status == 503:
+                        seen_503[n.name] = True
+                    elif status == 200 and seen_503[n.name]:
+                        back[n.name] = time.monotonic() - killed_at
+                time.sleep(0.05)
+            new = group.current_master_port()
+            assert new != old
+            assert all(seen_503.values()), seen_503  # never healthy while it could not write
+            assert set(back) == {n.name for n in nodes}, (back, seen_503)
+            # each node writes its heartbeat to the new master within down-after + 5 s
+            assert max(back.values()) < down_after / 1000 + 5, back
+            with group.server(new).client() as r:
+                for n in nodes:
+                    beat = r.get(f"cobrowse:node:{n.name}")
+                    assert beat is not None and json.loads(beat)["t"] > time.time() - 3
+                assert r.info("replication")["role"] == "master"
+        finally:
+            stop_nodes(nodes)
+
+
+def test_the_live_session_api_answers_from_any_node_and_stop_is_forwarded_to_the_owner(
+    tmp_path: Path, redis_own: RedisServer
+) -> None:
+    urls = [{"NODE_URL": "http://node1.example/cobrowse"}, {"NODE_URL": "http://node2.example/cobrowse"}]
+    nodes = start_nodes(tmp_path, 2, redis_own.url, per_node=urls)
+    a, b = nodes
+    hdrs = {"Origin": ORIGIN}
+    try:
+
+        async def scenario() -> None:
+            vpeer, wpeer, _ = await _session(a, nodes, "LIVEAPI100", redis_own)
+            status, _, body = http(f"{b.base}/rest/live/sessions/LIVEAPI100", headers=hdrs)
+            assert status == 200, body
+            assert body["sessionServerName"] == "node1"
+            assert body["sessionServerUrl"] == "http://node1.example/cobrowse"
+            status, headers, body = http(
+                f"{b.base}/rest/live/sessions", "POST", headers=hdrs, body={"userToken": "LIVEAPI100"}
+            )
+            assert status == 200 and body["sessionServerName"] == "node1", body
+            assert headers["Set-Cookie"].startswith("gcbSessionServer=node1;")
+            status, _, again = http(f"{a.base}/rest/live/sessions/{body['sessionToken']}", headers=hdrs)
+            assert status == 200 and again["sessionServerName"] == "node1"
+            status, _, times = await asyncio.to_thread(
+                http, f"{b.base}/rest/live/users/LIVEAPI100/session/stop", headers=hdrs
+            )
+            assert status == 200 and times["deactivationTime"] >= times["activationTime"] > 0, times
+            assert (await vpeer.expect(p.SessionEnd)).reason == "stopped"
+            assert await wpeer.closed() == p.CloseCode.SESSION_ENDED
+            status, _, _ = http(f"{b.base}/rest/live/users/LIVEAPI100/session/stop", headers=hdrs)
+            assert status == 404
+
+        run(scenario())
+    finally:
+        stop_nodes(nodes)
+
+
+def test_start_up_refuses_a_node_name_already_live_and_an_unreachable_redis_in_one_line(
+    two: list[Node], redis_server: RedisServer
+) -> None:
+    env = base_env(
+        DATA_DIR=str(two[0].data_dir / "dup"),
+        PORT="0",
+        REDIS_URL=redis_server.url,
+        NODE_NAME="node1",
+        SECRET_KEY=SECRET_KEY,
+    )
+    done = subprocess.run([sys.executable, "-m", "relay"], env=env, capture_output=True, text=True, timeout=30)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "NODE_NAME: a node named 'node1'" in lines[0], lines
+    env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    env["NODE_NAME"] = "node9"
+    done = subprocess.run([sys.executable, "-m", "relay"], env=env, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert (
+        done.returncode == 1 and len(lines) == 1 and lines[0].startswith("cobrowse-relay: REDIS_URL: cannot reach")
+    ), lines

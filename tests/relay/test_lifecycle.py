@@ -38,6 +38,11 @@ from .client import live_session, rest, run, upgrade_request, visitor, wait_for
         ({"MAX_FRAME": "12"}, "MAX_FRAME"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"REDIS_URL": "http://nope"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis+sentinel://127.0.0.1:26379"}, "REDIS_URL"),  # no service name
+        ({"REDIS_URL": "redis://127.0.0.1:1", "NODE_NAME": "two words"}, "NODE_NAME"),
+        ({"NODE_URL": "ftp://node1.example"}, "NODE_URL"),
+        ({"OWNERSHIP_TTL": "0"}, "OWNERSHIP_TTL"),
+        ({"DRAIN_DELAY": "-1"}, "DRAIN_DELAY"),
     ],
 )
 def test_bad_setting_stops_startup_with_one_line_naming_the_variable(
@@ -51,6 +56,16 @@ def test_bad_setting_stops_startup_with_one_line_naming_the_variable(
     assert lines[0].startswith(f"cobrowse-relay: invalid configuration: {variable}:")
     with pytest.raises(SettingsError, match=f"^{variable}:"):
         Settings.from_env({"DATA_DIR": str(tmp_path), "SECRET_KEY": "0123456789abcdef0123", **env})
+
+
+def test_cluster_mode_refuses_to_start_without_an_explicit_secret_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    full = {**env, "DATA_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    done = subprocess.run([sys.executable, "-m", "relay"], env=full, cwd=ROOT, capture_output=True, timeout=30)
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("cobrowse-relay: invalid configuration: SECRET_KEY:")
+    assert not (tmp_path / "secret_key").exists()  # nothing generated: every node must share one
 
 
 def test_defaults_follow_the_architecture(tmp_path: Path) -> None:
