@@ -125,6 +125,7 @@ class _RelayCollector(Collector):
         yield from _resyncs(hub, service)
         yield from _limits(service, getattr(self.state, "wire_budget", None))
         yield from _errors(hub, service)
+        yield from _cluster(service)
         yield from self.metrics.ping_seconds.collect()
         yield GaugeMetricFamily("cobrowse_store_up", "1 when the store's last ping succeeded.", self.metrics.store_up)
 
@@ -210,6 +211,34 @@ def _errors(hub: Hub, service: Service) -> Iterator[Metric]:
         "cobrowse_protocol_errors", "Sockets closed for a protocol error.", service.counters["protocol_errors"]
     )
     yield _counter("cobrowse_drains_rescued", "Drains the transport never reported, found by the sweep.", hub.rescued)
+
+
+def _cluster(service: Service) -> Iterator[Metric]:
+    """Cluster mode only (REDIS_URL): ownership moves, redirects, fencing, Redis's latency."""
+    c = service.cluster
+    if c is None:
+        return
+    owned = sum(1 for r in service.hub.rooms.values() if r.owned)
+    yield GaugeMetricFamily("cobrowse_cluster_owned_rooms", "Rooms whose session this node owns now.", owned)
+    yield _counter(
+        "cobrowse_cluster_takeovers", "Sessions this node took over from another node (or its own past).", c.takeovers
+    )
+    yield _counter("cobrowse_cluster_redirects", "Sockets sent to the owning node (4003).", c.redirects)
+    yield _counter(
+        "cobrowse_cluster_fenced_frames",
+        "Frames dropped because this node's claim on the room had lapsed.",
+        service.counters["fenced"],
+    )
+    yield _counter(
+        "cobrowse_cluster_reaped_sessions", "Sessions closed because their node died (node_lost).", c.reaped_sessions
+    )
+    if c.bus is not None:
+        yield _counter("cobrowse_cluster_bus_requests", "Requests this node sent to other nodes.", c.bus.asked)
+        yield _counter("cobrowse_cluster_bus_timeouts", "Requests to other nodes not answered in time.", c.bus.timeouts)
+    yield GaugeMetricFamily(
+        "cobrowse_cluster_redis_latency_seconds", "Round trip of this node's last heartbeat write.", c.redis_latency
+    )
+    yield GaugeMetricFamily("cobrowse_cluster_healthy", "1 while this node's heartbeat is fresh.", int(c.healthy()))
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

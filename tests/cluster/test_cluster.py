@@ -198,6 +198,11 @@ def test_the_owner_killed_its_session_is_taken_over_where_the_visitor_returns(
             assert got.data == b"after" and watching < 10
             status, body = rest(b, "GET", "/api/visitors/KILLED0001")
             assert status == 200 and len(body["visitor"]["sessions"]) == 1, body
+            with urllib.request.urlopen(f"{b.base}/metrics", timeout=5) as r:
+                metrics = r.read().decode()
+            assert 'cobrowse_cluster_takeovers_total{node="node2"} 1.0' in metrics, metrics
+            assert 'cobrowse_cluster_owned_rooms{node="node2"} 1.0' in metrics
+            assert 'cobrowse_cluster_healthy{node="node2"} 1.0' in metrics
 
         run(scenario())
     finally:
