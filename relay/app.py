@@ -102,6 +102,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=exc.headers)
 
 
+async def _store_down(request: Request, exc: Exception) -> Response:
+    """Cluster mode: Redis did not answer a request's read or write: 503, retryable, no traceback."""
+    log.warning("%s %s: the store did not answer: %s", request.method, request.url.path, exc)
+    return ApiError(503, "unavailable", "the relay's store is unreachable; retry", {"Retry-After": "1"}).response()
+
+
 async def _sweeper(service: Service) -> None:
     """Every second: stuck peers and expired rooms. Every hour (and at start): old visitors."""
     passes = 0
@@ -177,7 +183,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, RedisError: _store_down},
     )
     app.state.settings = settings
     app.state.ready = False

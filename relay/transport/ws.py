@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.websockets import WebSocket
 
@@ -103,6 +104,11 @@ async def _serve(ws: WebSocket, role: str) -> None:
         return
     except ProtocolError as e:
         _refuse(link, e.code, str(e), e.close_code)
+        await _closed(ws)
+        return
+    except (RedisError, OSError) as e:  # cluster mode: Redis unreachable mid-admission; the client retries
+        log.warning("admission of a %s failed: the store did not answer (%s)", role, e)
+        _refuse(link, "unavailable", "the relay's store is unreachable; retry", CloseCode.INTERNAL_ERROR)
         await _closed(ws)
         return
     if link.disconnected:

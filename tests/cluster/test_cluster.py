@@ -276,6 +276,13 @@ def test_redis_restarted_empty_every_node_says_503_then_recovers_and_reowns_its_
             redis_own.kill()
             for n in nodes:
                 wait_for(lambda n=n: status_of(f"{n.base}/health") == 503, 10, f"{n.name} 503 without Redis")
+            # meanwhile a new visitor is refused with a retryable code, a REST call with a 503
+            f = Follower(_b.ws_base, "visitor", hello_visitor("OUTAGE0001"), origin=ORIGIN, attempts=1)
+            with pytest.raises(AssertionError):
+                await f.connect(timeout=8)
+            assert f.hops[0].error is not None and f.hops[0].error.close_code == p.CloseCode.INTERNAL_ERROR, f.hops
+            status, body = await asyncio.to_thread(rest, _b, "GET", "/api/visitors/OUTAGE0001")
+            assert status == 503 and body["error"] == "unavailable", body
             await asyncio.sleep(2.5)  # past OWNERSHIP_TTL: node1's claim has lapsed meanwhile
             redis_own.restart()  # no persistence: it comes back empty
             for n in nodes:
