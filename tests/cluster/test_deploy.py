@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 import protocol as p
 
@@ -264,6 +265,43 @@ def test_a_stopped_node_closes_its_sockets_with_1001_and_traffic_goes_to_the_oth
         assert _ws_node(balancer, "?node=node2") in ("node1", "node3")
         assert _http_node(balancer.base, "gcbSessionServer=node2") in ("node1", "node3")
     assert balancer.health() == 200
+
+
+def test_the_nodes_count_per_address_limits_against_the_client_haproxy_names(tmp_path: Path) -> None:
+    """TRUSTED_PROXIES=127.0.0.1 (the balancer) and option forwardfor: a node counts the
+    sockets of 127.0.0.2 and 127.0.0.3 apart (MAX_SOCKETS_PER_IP=2), not as the balancer's
+    one address; an X-Forwarded-For sent by the client itself changes nothing."""
+    binary("haproxy")
+    nodes = start_nodes(tmp_path, 3, None, MAX_SOCKETS_PER_IP="2")
+    try:
+        with Haproxy(tmp_path / "haproxy", nodes) as balancer:
+
+            async def admitted(source: str, **headers: str) -> bool:
+                ws = await client.open_socket(
+                    balancer, "/ws/visitor?node=node1", local_addr=(source, 0), additional_headers=headers
+                )
+                peer = client.Peer(ws)
+                with contextlib.suppress(ConnectionClosed):
+                    await peer.send(p.Hello(role="visitor", version=p.PROTOCOL_VERSION))
+                try:
+                    first = await peer.recv()
+                except ConnectionClosed:
+                    return False
+                if isinstance(first, p.Error):
+                    assert first.close_code == 4004, first
+                    return False
+                assert isinstance(first, p.Welcome) and first.node == "node1", first
+                return True
+
+            async def scenario() -> None:
+                assert [await admitted("127.0.0.2") for _ in range(2)] == [True, True]
+                assert [await admitted("127.0.0.3") for _ in range(2)] == [True, True]  # not the same address
+                assert not await admitted("127.0.0.2")  # its own limit
+                assert not await admitted("127.0.0.3", **{"X-Forwarded-For": "127.0.0.9"})  # a forged header
+
+            client.run(scenario())
+    finally:
+        stop_nodes(nodes)
 
 
 # --- nginx in front of three nodes --------------------------------------------------------
