@@ -152,7 +152,7 @@ def create_app(settings: Settings) -> Starlette:
         if settings.cluster:
             from .cluster.shared import SharedCluster
 
-            cluster = SharedCluster(settings, store, service.cluster_counts)
+            cluster = SharedCluster(settings, store, service.cluster_counts, service.addresses)
             await cluster.start(service.on_request)
             service.cluster = cluster
             tasks.append(loop.create_task(service.keep_leases()))

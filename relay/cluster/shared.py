@@ -48,6 +48,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..core.limits import AddressLimits
 from ..settings import Settings
 from ..storage.base import Store
 from .bus import Bus, Handler
@@ -61,6 +62,7 @@ BEAT = 1.0  # seconds between heartbeats
 BEAT_TTL_MS = 5000  # a heartbeat's life
 STALE_BEAT = 2.5  # seconds since the last good heartbeat before /health says 503
 REAP_EVERY = 3.0
+MAX_SHARED_ADDRESSES = 2000  # addresses a node publishes at most (the heaviest)
 NODE_LOST = "node_lost"
 """``end_reason`` of a session whose node died and to which nobody came back."""
 
@@ -140,6 +142,7 @@ class SharedCluster:
         settings: Settings,
         store: Store,
         counts: Callable[[], dict[str, int]],
+        addresses: AddressLimits | None = None,
         prefix: str = "cobrowse",
     ) -> None:
         assert settings.redis_url is not None
@@ -149,6 +152,7 @@ class SharedCluster:
         self.ttl_ms = int(settings.ownership_ttl * 1000)
         self._store = store
         self._counts = counts
+        self._addresses = addresses
         self._p = prefix
         self._target = parse_redis_url(settings.redis_url)
         options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2}
@@ -183,6 +187,8 @@ class SharedCluster:
         await self.bus.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._beat_loop()), loop.create_task(self._reap_loop())]
+        if self._addresses is not None:
+            self._tasks.append(loop.create_task(self._limits_loop(self._addresses)))
 
     async def stop(self) -> None:
         """Stop beating and listening; drop this node's heartbeat so peers see it gone now."""
@@ -347,6 +353,43 @@ class SharedCluster:
         task = asyncio.get_running_loop().create_task(run())
         self._chains[visitor] = task
         task.add_done_callback(lambda t: self._chains.pop(visitor, None) if self._chains.get(visitor) is t else None)
+
+    # --- per-address limits across nodes ---------------------------------------------------
+    async def _limits_loop(self, addresses: AddressLimits) -> None:
+        """Every second: publish what this node holds of the heavy addresses (P:limits:NAME,
+        PX 5 s) and read the other live nodes', so MAX_SOCKETS_PER_IP, NEW_VISITORS_PER_IP and
+        cool-downs hold across the cluster within about a second (an address under a tenth of a
+        limit on a node is not published: the slack is that much per node)."""
+        while True:
+            await asyncio.sleep(BEAT)
+            try:
+                async with asyncio.timeout(BEAT):
+                    await self.share_limits(addresses)
+            except (RedisError, OSError, TimeoutError) as e:
+                log.debug("cluster: limits not exchanged: %s", e)
+
+    async def share_limits(self, addresses: AddressLimits) -> None:
+        mine = addresses.export(time.monotonic())
+        if len(mine) > MAX_SHARED_ADDRESSES:
+            heaviest = sorted(mine.items(), key=lambda kv: kv[1][0] + kv[1][1], reverse=True)
+            mine = dict(heaviest[:MAX_SHARED_ADDRESSES])
+        await self._r.set(f"{self._p}:limits:{self.name}", orjson.dumps(mine), px=BEAT_TTL_MS)
+        names = [_text(m) for m in await self._r.zrange(f"{self._p}:nodes", 0, -1)]
+        others = [n for n in names if n != self.name]
+        if not others:
+            addresses.absorb([], time.monotonic())
+            return
+        async with self._r.pipeline(transaction=False) as p:
+            for n in others:
+                p.get(f"{self._p}:limits:{n}")
+            raws = await p.execute()
+        tables: list[dict[str, list[float]]] = []
+        for raw in raws:
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                table = orjson.loads(raw) if raw else None
+                if isinstance(table, dict):
+                    tables.append(table)
+        addresses.absorb(tables, time.monotonic())
 
     # --- reaping ------------------------------------------------------------------------
     async def _reap_loop(self) -> None:

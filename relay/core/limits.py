@@ -27,6 +27,7 @@ the tables stay as small as the set of recently active clients. In cluster mode 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = ["TokenBucket", "SocketRates", "RateConfig", "AddressLimits"]
@@ -57,6 +58,10 @@ class TokenBucket:
 
     def full(self, now: float) -> bool:
         return self.tokens + (now - self.last) * self.rate >= self.capacity
+
+    def level(self, now: float) -> float:
+        """The tokens there are at ``now`` (nothing spent)."""
+        return min(self.capacity, self.tokens + (now - self.last) * self.rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +113,15 @@ class AddressLimits:
         self.refused_sockets = 0
         self.refused_new = 0
         self.refused_cooling = 0
+        # Cluster mode: what the other nodes hold per address (relay/cluster/shared.py exchanges
+        # :meth:`export` every second): sockets open, new visitor ids spent, cooling until.
+        self.remote: dict[str, tuple[int, float, float]] = {}
 
     def open_socket(self, address: str) -> bool:
         """Count one more socket for ``address``; False (not counted) past the limit."""
         n = self.sockets.get(address, 0)
-        if n >= self.max_sockets:
+        other = self.remote.get(address)
+        if n + (other[0] if other is not None else 0) >= self.max_sockets:
             self.refused_sockets += 1
             return False
         self.sockets[address] = n + 1
@@ -131,7 +140,9 @@ class AddressLimits:
         if bucket is None:
             cap = float(self.new_per_minute)
             bucket = self._new[address] = TokenBucket(cap / 60.0, cap, now)
-        if bucket.take(1.0, now):
+        other = self.remote.get(address)
+        spent_elsewhere = other[1] if other is not None else 0.0
+        if bucket.level(now) - spent_elsewhere >= 1.0 and bucket.take(1.0, now):
             return True
         self.refused_new += 1
         return False
@@ -148,10 +159,43 @@ class AddressLimits:
     def cooling(self, address: str, now: float) -> bool:
         """Are new sockets of ``address`` refused now?"""
         strike = self._strikes.get(address)
-        if strike is not None and now < strike[1]:
+        other = self.remote.get(address)
+        if (strike is not None and now < strike[1]) or (other is not None and now < other[2]):
             self.refused_cooling += 1
             return True
         return False
+
+    # --- cluster mode: the limits hold across nodes (within about a second) ------------------
+    def export(self, now: float) -> dict[str, list[float]]:
+        """What this node holds of the addresses that weigh (a tenth of a limit or more, or
+        cooling down): ``{address: [sockets, new ids spent, seconds of cooling left]}``."""
+        out: dict[str, list[float]] = {}
+        floor_sockets = max(1, self.max_sockets // 10)
+        floor_new = max(1.0, self.new_per_minute / 10)
+        for address, n in self.sockets.items():
+            if n >= floor_sockets:
+                out[address] = [n, 0.0, 0.0]
+        for address, bucket in self._new.items():
+            spent = self.new_per_minute - bucket.level(now)
+            if spent >= floor_new:
+                out.setdefault(address, [0, 0.0, 0.0])[1] = spent
+        for address, (_, until) in self._strikes.items():
+            if until > now:
+                out.setdefault(address, [0, 0.0, 0.0])[2] = until - now
+        return out
+
+    def absorb(self, others: Iterable[Mapping[str, list[float]]], now: float) -> None:
+        """The other nodes' :meth:`export`: summed per address (cooling: the longest)."""
+        merged: dict[str, tuple[int, float, float]] = {}
+        for node in others:
+            for address, values in node.items():
+                try:
+                    sockets, spent, left = int(values[0]), float(values[1]), float(values[2])
+                except (TypeError, ValueError, IndexError):
+                    continue
+                s0, n0, u0 = merged.get(address, (0, 0.0, 0.0))
+                merged[address] = (s0 + sockets, n0 + spent, max(u0, now + left if left > 0 else 0.0))
+        self.remote = merged
 
     def prune(self, now: float) -> None:
         """Forget addresses whose new-visitor bucket is full again, and forgiven strikes."""

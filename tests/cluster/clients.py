@@ -4,6 +4,7 @@ as the browser SDK and viewer do, through a balancer or straight to the nodes.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +66,8 @@ class Follower:
                 continue
             _open.append(ws)
             peer = Peer(ws)
-            await peer.send(self.hello)
+            with contextlib.suppress(ConnectionClosed):  # refused before HELLO: its ERROR is still read
+                await peer.send(self.hello)
             try:
                 first = await peer.recv(max(0.1, deadline - loop.time()))
             except (ConnectionClosed, TimeoutError):

@@ -28,7 +28,7 @@ import protocol as p
 from ..conftest import base_env, free_port
 from ..redisprocs import RedisServer, SentinelGroup
 from ..relay.client import rest, run, visitor, wait_for, watch_token
-from .clients import Follower
+from .clients import Follower, Hop
 from .harness import ORIGIN, SECRET_KEY, Node, start_nodes, stop_nodes
 
 pytestmark = pytest.mark.cluster
@@ -406,3 +406,31 @@ def test_start_up_refuses_a_node_name_already_live_and_an_unreachable_redis_in_o
     assert (
         done.returncode == 1 and len(lines) == 1 and lines[0].startswith("cobrowse-relay: REDIS_URL: cannot reach")
     ), lines
+
+
+def test_per_address_limits_hold_across_nodes(tmp_path: Path, redis_own: RedisServer) -> None:
+    nodes = start_nodes(tmp_path, 2, redis_own.url, MAX_SOCKETS_PER_IP="12", NEW_VISITORS_PER_IP="8")
+    a, b = nodes
+    try:
+
+        async def scenario() -> None:
+            async def one(node: Node, client_id: str) -> Hop:
+                f = Follower(node.ws_base, "visitor", hello_visitor(client_id), origin=ORIGIN, attempts=1)
+                with contextlib.suppress(AssertionError):
+                    await f.connect(timeout=5)
+                return f.hops[-1]
+
+            for i in range(6):  # 6 sockets and 6 new visitor ids on node1
+                assert (await one(a, f"LIMITA{i:04}")).welcome is not None
+            await asyncio.sleep(2.5)  # the nodes exchange what they hold every second
+            admitted = [await one(b, f"LIMITB{i:04}") for i in range(3)]
+            assert [h.welcome is not None for h in admitted] == [True, True, False], admitted
+            assert admitted[2].error is not None and "new visitors" in admitted[2].error.message
+            # known ids are not new: now the socket limit (12: 6 on node1, 2 on node2, 4 more)
+            known = [await one(b, f"LIMITA{i:04}") for i in range(6)]
+            assert [h.welcome is not None for h in known] == [True] * 4 + [False] * 2, known
+            assert known[4].error is not None and "too many sockets" in known[4].error.message
+
+        run(scenario())
+    finally:
+        stop_nodes(nodes)
