@@ -7,6 +7,9 @@ Keys (``P`` is the prefix, ``cobrowse``; one visitor's keys share its hash tag):
     P:nodevis:NAME    set     short ids of the visitors whose socket is on NAME
     P:{SHORT}:owner   string  "NODE EPOCH": who owns the visitor's session, PX OWNERSHIP_TTL
     P:{SHORT}:epoch   counter the fencing epoch, INCR on every claim
+    P:{SHORT}:live    string  "1" from a claim until the session ends (no TTL): the visitor has a
+                              session somewhere, owned or orphaned (a visitor without one is
+                              placed in one round trip)
     P:{SHORT}:at      string  the node the visitor's socket is on (a hint, checked against liveness)
     P:reaper          string  which node reaps now (PX 10 s)
     P:bus:NAME        channel requests to NAME (relay/cluster/bus.py)
@@ -83,6 +86,7 @@ if e > 4294967295 then
   redis.call('SET', KEYS[2], e)
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[4])
+redis.call('SET', KEYS[3], '1')
 return e
 """
 _REFRESH = """
@@ -295,8 +299,8 @@ class SharedCluster:
     async def claim(self, visitor: str, expect: int, floor: int = 0) -> int | None:
         """Own ``visitor``'s session if its owner key is absent or still at epoch ``expect``:
         the new fencing epoch (above ``floor``), or None when another claim came first."""
-        keys = (self._k(visitor, "owner"), self._k(visitor, "epoch"))
-        got = await self._r.eval(_CLAIM, 2, *keys, self.name, expect, floor, self.ttl_ms)
+        keys = (self._k(visitor, "owner"), self._k(visitor, "epoch"), self._k(visitor, "live"))
+        got = await self._r.eval(_CLAIM, 3, *keys, self.name, expect, floor, self.ttl_ms)
         epoch = int(got)
         if epoch == 0:
             return None
@@ -312,10 +316,25 @@ class SharedCluster:
                 p.eval(_REFRESH, 1, self._k(visitor, "owner"), f"{self.name} {epoch}", self.ttl_ms)
             return [int(x) for x in await p.execute()]
 
-    async def release(self, visitor: str, epoch: int) -> None:
-        """Give up this node's claim (a session ended, or the node drains); a newer claim stays."""
+    async def release(self, visitor: str, epoch: int, ended: bool) -> None:
+        """Give up this node's claim (a newer claim stays): the session ``ended`` (or never
+        started), or it goes on elsewhere (the node drains)."""
         with contextlib.suppress(RedisError, OSError):
-            await self._r.eval(_DEL_IF, 1, self._k(visitor, "owner"), f"{self.name} {epoch}")
+            released = await self._r.eval(_DEL_IF, 1, self._k(visitor, "owner"), f"{self.name} {epoch}")
+            if ended and released:
+                await self._r.delete(self._k(visitor, "live"))
+
+    async def state_of(self, visitor: str) -> tuple[Owner | None, bool]:
+        """The visitor's owner (None: no live claim) and whether it has a session somewhere."""
+        owner, live = await self._r.mget([self._k(visitor, "owner"), self._k(visitor, "live")])
+        return _owner(owner), live is not None
+
+    async def ended(self, visitors: Iterable[str]) -> None:
+        """Sessions closed without an owner (reaped, or stopped while orphaned)."""
+        async with self._r.pipeline(transaction=False) as p:
+            for v in visitors:
+                p.delete(self._k(v, "live"))
+            await p.execute()
 
     # --- where visitors are ---------------------------------------------------------------
     async def located(self, visitor: str) -> str | None:
@@ -427,6 +446,7 @@ class SharedCluster:
         self._orphans = {k: v for k, v in self._orphans.items() if k in seen and k not in expired}
         if expired:
             closed = await self._store.close_sessions(expired, time.time(), NODE_LOST)
+            await self.ended(rec.visitor for rec in open_ if rec.id in expired)
             self.reaped_sessions += closed
             log.info("cluster: closed %d sessions whose node was lost and to which nobody came back", closed)
 

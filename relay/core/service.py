@@ -474,7 +474,9 @@ class Service:
         c = self.cluster
         assert c is not None
         for _ in range(3):
-            cur = await c.owner_of(visitor)
+            cur, live = await c.state_of(visitor)
+            if cur is None and not live:
+                return  # no session anywhere: nothing to own (one round trip for most visitors)
             if cur is not None and cur.node != c.name:
                 args = {"visitor": visitor, "node": c.name, "url": c.url}
                 answer = await c.ask(cur.node, "arrive", args, ASK_TIMEOUT)
@@ -533,16 +535,17 @@ class Service:
         assert self.cluster is not None
         room = take_over(self.hub, rec, epoch)
         if room is None:
-            self._spawn(self.cluster.release(rec.visitor, epoch))
+            self._spawn(self.cluster.release(rec.visitor, epoch, ended=True))
             return
         self._owned(room)
         self.cluster.takeovers += 1
         event("session_taken_over", session=rec.id, visitor=rec.visitor, epoch=epoch, node=self.cluster.name)
         self._spawn(self.store.save_session(record_of(room)))
 
-    def _unown(self, room: Room) -> None:
+    def _unown(self, room: Room, ended: bool = True) -> None:
         if room.owned and self.cluster is not None:
-            self._spawn(self.cluster.release(room.visitor_id, room.epoch))
+            epoch = room.epoch if room.state is not None or not room.next_epoch else room.next_epoch
+            self._spawn(self.cluster.release(room.visitor_id, epoch, ended))
         room.owned = False
         room.lease_until = FOREVER
         room.next_epoch = 0
@@ -666,13 +669,14 @@ class Service:
             return None
         now = time.time()
         await self.store.close_sessions([rec.id], now, reason)
+        await c.ended([visitor])
         return rec.started, now
 
     def release_all(self) -> None:
         """Draining: give up every claim now, so other nodes take the sessions over at once."""
         for room in list(self.hub.rooms.values()):
             if room.owned:
-                self._unown(room)
+                self._unown(room, ended=False)
 
     def cluster_counts(self) -> dict[str, int]:
         rooms = self.hub.rooms.values()

@@ -434,3 +434,23 @@ def test_per_address_limits_hold_across_nodes(tmp_path: Path, redis_own: RedisSe
         run(scenario())
     finally:
         stop_nodes(nodes)
+
+
+def test_a_node_whose_redis_turned_read_only_says_503_until_it_can_write_again(
+    tmp_path: Path, redis_own: RedisServer
+) -> None:
+    """A master demoted to a replica (what a failover does to the old master) answers reads but
+    refuses writes: the node must not look healthy meanwhile (Centrifugo #766)."""
+    other = RedisServer(tmp_path / "other")
+    nodes = start_nodes(tmp_path, 1, redis_own.url)
+    (node,) = nodes
+    try:
+        assert status_of(f"{node.base}/health") == 200
+        with redis_own.client() as r:
+            r.execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+            wait_for(lambda: status_of(f"{node.base}/health") == 503, 10, "503 on a read-only Redis")
+            r.execute_command("REPLICAOF", "NO", "ONE")
+        wait_for(lambda: status_of(f"{node.base}/health") == 200, 10, "200 once it can write")
+    finally:
+        stop_nodes(nodes)
+        other.stop()
