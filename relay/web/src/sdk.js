@@ -250,7 +250,15 @@ class Sdk {
     }
     if (live) this.endSession('visitor'); // nothing more leaves the page from now on
     const url = `${BASE}/rest/live/users/${encodeURIComponent(code.clientId)}/session/stop`;
-    return fetch(url, { method: 'GET', headers: { Accept: 'application/json' }, credentials: 'include', cache: 'no-store' })
+    // A same-origin GET carries no Origin and the page may send no Referer (the relay's own
+    // pages say no-referrer): the relay then cannot tell the caller's origin and answers 403.
+    return fetch(url, {
+      method: 'GET',
+      headers: { Accept: 'application/json' },
+      credentials: 'include',
+      cache: 'no-store',
+      referrerPolicy: 'origin',
+    })
       .then(async (res) => {
         if (res.ok || res.status === 404) return; // 404: nothing left to stop
         throw failure('could not stop the session', apiReason(await res.json().catch(() => null), res.status));
