@@ -264,6 +264,30 @@ def test_killing_the_owner_node_the_agent_sees_the_page_and_new_changes_again_wi
     )
 
 
+def test_a_visitor_changing_page_in_a_live_session_stays_on_the_node_that_serves_it(
+    browser: Any, balanced: tuple[RedisServer, list[Node], Haproxy], contexts: list[Any]
+) -> None:
+    """The SDK goes back to its session's node after a navigation (``?node=``, routed by the
+    balancer), so changing page neither moves the session nor sends the agent hopping: the owner
+    and its fencing epoch stay, and the replica follows the visitor to the new page."""
+    server, nodes, lb = balanced
+    visitor_ctx = new_context(browser, contexts)
+    agent_ctx = new_context(browser, contexts, 1280, 900)
+    demo, short_id = open_demo(visitor_ctx, lb.base)
+    wait_for(lambda: online(lb, short_id), 10, "the visitor online in the REST API (through the balancer)")
+    viewer = agent_ctx.new_page()
+    viewer.goto(watch_url(lb, short_id))
+    accept_when_asked(demo, viewer)
+    replica(viewer).locator("#headline", has_text=DEMO_HEADLINE).wait_for(timeout=10_000)
+    before = owner(server, short_id)
+    sockets = viewer.evaluate("window.__sockets.length")
+    for path, headline in (("/demo/checkout", "Checkout"), ("/demo", DEMO_HEADLINE), ("/demo/checkout", "Checkout")):
+        demo.goto(f"{lb.base}{path}")
+        replica(viewer).locator("#headline", has_text=headline).wait_for(timeout=10_000)
+        assert owner(server, short_id) == before, (path, before, owner(server, short_id))
+    assert viewer.evaluate("window.__sockets.length") == sockets  # the agent never reconnected
+
+
 # --- 3. no balancer: a watch page on the wrong node ----------------------------------------------
 @pytest.fixture
 def direct_nodes(tmp_path: Path) -> Iterator[list[Node]]:

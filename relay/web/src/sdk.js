@@ -134,7 +134,10 @@ class Sdk {
 
   connect() {
     if (this.ws || this.timer) return;
-    this.nextUrl = WS_URL;
+    // In a live session (this tab, before a navigation), go back to the node serving it:
+    // the balancer routes ?node= there while it is up, so a page change does not move the session.
+    const live = liveNode();
+    this.nextUrl = live ? socketUrl(BASE, 'visitor', live) : WS_URL;
     this.redirects = 0;
     this.open();
     if (this.codeSession && !this.session) this.showCode();
@@ -460,7 +463,7 @@ class Sdk {
     if (!this.send('SESSION_ACCEPT', { session: f.session })) return;
     this.agentName = f.agent_name;
     try {
-      sessionStorage.setItem(STORE_AGENT, JSON.stringify({ session: f.session, name: f.agent_name }));
+      sessionStorage.setItem(STORE_AGENT, JSON.stringify({ session: f.session, name: f.agent_name, node: this.onNode }));
     } catch (e) {
       /* the indicator then says "an agent" after a navigation */
     }
@@ -471,6 +474,7 @@ class Sdk {
     try {
       const a = JSON.parse(sessionStorage.getItem(STORE_AGENT) || '{}');
       if (a.session === session) this.agentName = a.name || '';
+      sessionStorage.setItem(STORE_AGENT, JSON.stringify({ session, name: this.agentName, node: this.onNode }));
     } catch (e) {
       /* no name: the indicator says "an agent" */
     }
@@ -488,6 +492,13 @@ class Sdk {
   endSession(reason) {
     const was = this.session;
     this.session = '';
+    if (was) {
+      try {
+        sessionStorage.removeItem(STORE_AGENT); // no live session to go back to after a navigation
+      } catch (e) {
+        /* storage refused: the next page just asks the node it saved */
+      }
+    }
     this.pauseRecording();
     this.ui.reset();
     if (was && this.codeSession) {
@@ -796,6 +807,16 @@ function failure(what, reason) {
 function apiReason(body, status) {
   const text = body && typeof body === 'object' && (body.message || body.error);
   return typeof text === 'string' && text ? `${text} (HTTP ${status})` : `HTTP ${status}`;
+}
+
+// The node that served this tab's live session when the page was left ('' when none).
+function liveNode() {
+  try {
+    const a = JSON.parse(sessionStorage.getItem(STORE_AGENT) || '{}');
+    return a && a.session && typeof a.node === 'string' ? a.node : '';
+  } catch (e) {
+    return '';
+  }
 }
 
 function loadCodeSession() {
