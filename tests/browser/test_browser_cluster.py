@@ -270,7 +270,7 @@ def test_a_visitor_changing_page_in_a_live_session_stays_on_the_node_that_serves
     """The SDK goes back to its session's node after a navigation (``?node=``, routed by the
     balancer), so changing page neither moves the session nor sends the agent hopping: the owner
     and its fencing epoch stay, and the replica follows the visitor to the new page."""
-    server, nodes, lb = balanced
+    server, _nodes, lb = balanced
     visitor_ctx = new_context(browser, contexts)
     agent_ctx = new_context(browser, contexts, 1280, 900)
     demo, short_id = open_demo(visitor_ctx, lb.base)
