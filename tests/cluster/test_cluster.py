@@ -454,3 +454,24 @@ def test_a_node_whose_redis_turned_read_only_says_503_until_it_can_write_again(
     finally:
         stop_nodes(nodes)
         other.stop()
+
+
+def test_a_second_visitor_tab_on_another_node_is_sent_to_the_owner(tmp_path: Path, redis_own: RedisServer) -> None:
+    nodes = start_nodes(tmp_path, 2, redis_own.url)
+    a, b = nodes
+    try:
+
+        async def scenario() -> None:
+            vpeer, wpeer, ww = await _session(a, nodes, "SECONDTAB1", redis_own)
+            tab2 = Follower(b.ws_base, "visitor", hello_visitor("SECONDTAB1"), origin=ORIGIN, direct=direct(nodes))
+            peer2, w2 = await tab2.connect()
+            assert tab2.hops[0].error is not None and tab2.hops[0].error.node == "node1", tab2.hops
+            assert w2.node == "node1" and w2.session  # the session stays where it is
+            assert await vpeer.closed() == p.CloseCode.REPLACED  # as on one node: the newer tab wins
+            await peer2.send(p.DomKeyframe(data=b"tab2"))  # its SDK records its own page from the start
+            got = await wpeer.expect(p.DomKeyframe)
+            assert got.data == b"tab2"  # the viewer never moved
+
+        run(scenario())
+    finally:
+        stop_nodes(nodes)
