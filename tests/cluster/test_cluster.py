@@ -462,7 +462,7 @@ def test_a_second_visitor_tab_on_another_node_is_sent_to_the_owner(tmp_path: Pat
     try:
 
         async def scenario() -> None:
-            vpeer, wpeer, ww = await _session(a, nodes, "SECONDTAB1", redis_own)
+            vpeer, wpeer, _ = await _session(a, nodes, "SECONDTAB1", redis_own)
             tab2 = Follower(b.ws_base, "visitor", hello_visitor("SECONDTAB1"), origin=ORIGIN, direct=direct(nodes))
             peer2, w2 = await tab2.connect()
             assert tab2.hops[0].error is not None and tab2.hops[0].error.node == "node1", tab2.hops
