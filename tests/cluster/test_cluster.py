@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 import protocol as p
 
 from ..conftest import base_env, free_port
-from ..redisprocs import RedisServer, SentinelGroup
+from ..redisprocs import RedisClusterProcs, RedisServer, SentinelGroup
 from ..relay.client import rest, run, visitor, wait_for, watch_token
 from .clients import Follower, Hop
 from .harness import ORIGIN, SECRET_KEY, Node, start_nodes, stop_nodes
@@ -475,3 +475,47 @@ def test_a_second_visitor_tab_on_another_node_is_sent_to_the_owner(tmp_path: Pat
         run(scenario())
     finally:
         stop_nodes(nodes)
+
+
+def test_nodes_run_on_a_three_master_redis_cluster_too(tmp_path: Path) -> None:
+    """REDIS_URL=redis+cluster://...: every key a node writes lives in one slot per command (the
+    visitor's hash tag), so the whole of cluster mode works on a Redis Cluster, takeovers included."""
+    with RedisClusterProcs(tmp_path / "rc") as rc:
+        nodes = start_nodes(tmp_path, 2, rc.url)
+        a, b = nodes
+        try:
+
+            async def scenario() -> None:
+                for n in nodes:
+                    assert status_of(f"{n.base}/health") == 200
+                _vpeer, _wpeer, ww = await _session_on(a, b, nodes, "RCLUSTER01")
+                a.stop(signal.SIGKILL, 10)
+                vis2 = Follower(b.ws_base, "visitor", hello_visitor("RCLUSTER01"), origin=ORIGIN, direct=direct(nodes))
+                vpeer2, vw2 = await vis2.connect()
+                assert vw2.node == "node2" and vw2.session
+                await vpeer2.expect(p.ResyncRequest)
+                await vpeer2.send(p.DomKeyframe(data=b"after"))
+                view2 = Follower(b.ws_base, "viewer", hello_viewer(ww.resume, ww.epoch, 1), direct=direct(nodes))
+                wpeer2, ww2 = await view2.connect()
+                assert ww2.epoch != ww.epoch and (await wpeer2.expect(p.DomKeyframe)).data == b"after"
+
+            run(scenario())
+        finally:
+            stop_nodes(nodes)
+
+
+async def _session_on(a: Node, b: Node, nodes: list[Node], client_id: str) -> tuple[Any, Any, p.Welcome]:
+    """A visitor on ``a``, a viewer entering through ``b`` (sent to ``a``), live, one keyframe seen."""
+    vpeer, _ = await Follower(a.ws_base, "visitor", hello_visitor(client_id), origin=ORIGIN).connect()
+    await vpeer.send(p.Presence(url="https://shop.example/"))
+    await asyncio.sleep(0.3)
+    token = watch_token(b, client_id)
+    wpeer, ww = await Follower(b.ws_base, "viewer", hello_viewer(token), direct=direct(nodes)).connect()
+    assert ww.node == a.name
+    req = await vpeer.expect(p.SessionRequest)
+    await vpeer.send(p.SessionAccept(session=req.session))
+    await wpeer.expect(p.SessionAccept)
+    await vpeer.send(p.DomKeyframe(data=b"k0"))
+    assert (await wpeer.expect(p.DomKeyframe)).data == b"k0"
+    await asyncio.sleep(0.3)  # the live state stored
+    return vpeer, wpeer, ww
