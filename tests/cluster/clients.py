@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +18,7 @@ import protocol as p
 
 from ..relay.client import TIMEOUT, Peer, _open
 
-__all__ = ["Follower", "Hop", "join"]
+__all__ = ["Follower", "Hop", "join", "status_of"]
 
 
 @dataclass
@@ -96,3 +98,14 @@ async def join(entry: str, role: str, hello: p.Hello, **kw: Any) -> tuple[Peer, 
     f = Follower(entry, role, hello, **kw)
     peer, welcome = await f.connect()
     return peer, welcome, f
+
+
+def status_of(url: str) -> int:
+    """The HTTP status a GET of ``url`` answers; 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0

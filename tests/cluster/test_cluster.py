@@ -28,7 +28,7 @@ import protocol as p
 from ..conftest import base_env, free_port
 from ..redisprocs import RedisClusterProcs, RedisServer, SentinelGroup
 from ..relay.client import rest, run, visitor, wait_for, watch_token
-from .clients import Follower, Hop
+from .clients import Follower, Hop, status_of
 from .harness import ORIGIN, SECRET_KEY, Node, start_nodes, stop_nodes
 
 pytestmark = pytest.mark.cluster
@@ -300,16 +300,6 @@ def test_redis_restarted_empty_every_node_says_503_then_recovers_and_reowns_its_
         run(scenario())
     finally:
         stop_nodes(nodes)
-
-
-def status_of(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except OSError:
-        return 0
 
 
 def test_sentinel_failover_every_node_moves_to_the_new_master_and_says_503_meanwhile(tmp_path: Path) -> None:

@@ -30,10 +30,9 @@ import protocol as p
 
 from ..conftest import ROOT
 from ..redisprocs import RedisServer
-from ..relay.client import rest, wait_for, watch_token
-from .clients import Follower
+from ..relay.client import rest, run, wait_for, watch_token
+from .clients import Follower, status_of
 from .harness import ORIGIN, Haproxy, Node, start_nodes, stop_nodes
-from .test_cluster import status_of
 
 pytestmark = pytest.mark.cluster
 
@@ -205,7 +204,7 @@ def test_killing_the_owner_again_and_again_viewers_watch_again_within_10_s(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    times = asyncio.run(scenario())
+    times = run(scenario())
     for t in restarts:
         t.join(30)
     status, body = rest(lb, "GET", f"/api/visitors/{VISITOR}")
@@ -255,6 +254,6 @@ def test_sigterm_drains_health_503_first_the_balancer_stops_routing_then_1001_an
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    asyncio.run(scenario())
+    run(scenario())
     status, body = rest(lb, "GET", f"/api/visitors/{VISITOR}")
     assert status == 200 and len(body["visitor"]["sessions"]) == 1, body
