@@ -215,6 +215,7 @@ class Conn(WSListener):
         self.buf: bytearray | None = None
         self.welcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.errors: list[str] = []
+        self.error: protocol.Error | None = None  # the last ERROR (a 4003 carries the owner's node and url)
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -264,7 +265,9 @@ class Conn(WSListener):
         elif isinstance(msg, protocol.Ping):
             self.send_msg(protocol.Pong(t=msg.t))
         elif isinstance(msg, protocol.Error):
-            self.errors.append(f"ERROR {msg.code} {msg.message} {msg.close_code}")
+            self.error = msg
+            if msg.close_code != protocol.CloseCode.SESSION_MOVED:  # a redirect is no error
+                self.errors.append(f"ERROR {msg.code} {msg.message} {msg.close_code}")
         else:
             self.on_control(msg)
 
@@ -1567,6 +1570,638 @@ async def job_flood(job: Job) -> dict[str, Any]:
         await close_all(all_conns(sessions))
 
 
+# --- cluster: nodes sharing one Redis ---------------------------------------------------
+EPOCH_SEQ = struct.Struct(">IQ")  # header bytes 4-15 of an ordered frame: the relay's epoch and seq
+REDIRECT_JITTER = 0.25  # s: relay/web/src/redirect.js REDIRECT_JITTER_MS
+MAX_REDIRECTS = 5  # redirect.js MAX_REDIRECTS: redirects in a row without a WELCOME
+
+
+def ws_base(url: str) -> str:
+    """An http(s) base URL (a NODE_URL) as ws(s); "" stays ""."""
+    url = url.rstrip("/")
+    return "ws" + url[4:] if url.startswith("http") else url
+
+
+class ClusterSession(Session):
+    """A session whose sockets may move between nodes. While the visitor is between sockets its
+    frames are dropped (seq still advances, as a page's DOM keeps changing); ``node`` is the node
+    serving it (the one that welcomed its viewer), and the failover bookkeeping lives here."""
+
+    def __init__(self, job: Job, index: int, frame: int, keyframe: int, entry: int) -> None:
+        super().__init__(job, index, frame, keyframe)
+        self.entry = entry  # the node the visitor first connects to
+        self.viewer_entry = 0  # the node the viewer first connects to
+        self.short_id = self.name
+        self.node = ""
+        self.watching = False  # failover: waiting for a keyframe of an epoch other than old_epoch
+        self.old_epoch = 0
+        self.back_at = 0.0  # monotonic time that keyframe arrived
+        self.visitor_back = 0.0
+        self.viewer_back = 0.0
+
+    def _up(self) -> bool:
+        """The visitor socket is admitted (WELCOME read) and open: frames may go out."""
+        v = self.visitor
+        return (
+            isinstance(v, ClusterVisitor) and v.admitted and v.transport is not None and not v.transport.is_disconnected
+        )
+
+    def send_delta(self) -> None:
+        if self._up():
+            super().send_delta()
+        else:
+            self.seq += 1
+
+    def send_keyframe(self) -> None:
+        if self._up():
+            super().send_keyframe()
+
+
+class ClusterVisitor(Visitor):
+    """A visitor socket; ``admitted`` from the moment its WELCOME is read (nothing but HELLO goes
+    out before: the paced stream and keyframe answers wait for it)."""
+
+    def __init__(self, session: ClusterSession, on_drop: Callable[[Conn], None]) -> None:
+        super().__init__(session)
+        self.on_drop = on_drop
+        self.admitted = False
+        self.base = ""
+
+    def control(self, data: bytes) -> None:
+        super().control(data)
+        if not self.admitted and self.welcome.done() and self.welcome.exception() is None:
+            self.admitted = True
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        super().on_ws_disconnected(transport)
+        if self.admitted:
+            self.on_drop(self)
+
+
+class ClusterViewer(Viewer):
+    """A viewer that also reads the relay's epoch and seq from each ordered frame's header (to
+    resume with, and to see the first keyframe of a new epoch after a failover)."""
+
+    def __init__(self, session: ClusterSession, on_drop: Callable[[Conn], None]) -> None:
+        super().__init__(session)
+        self.cs = session
+        self.on_drop = on_drop
+        self.admitted = False
+        self.base = ""
+        self.epoch = 0
+        self.hseq = 0
+        self.resume = ""
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.buf is None and frame.fin and frame.msg_type is BINARY:
+            mv = frame.get_payload_as_memoryview()
+            kind = mv[1] if len(mv) >= 16 else -1
+            if kind in (KIND_DELTA, KIND_KEYFRAME):
+                self.epoch, self.hseq = EPOCH_SEQ.unpack_from(mv, 4)
+                s = self.cs
+                if kind == KIND_KEYFRAME and s.watching and not s.back_at and self.epoch != s.old_epoch:
+                    s.back_at = time.monotonic()
+        super().on_ws_frame(transport, frame)
+
+    def control(self, data: bytes) -> None:
+        super().control(data)
+        if not self.admitted and self.welcome.done() and self.welcome.exception() is None:
+            self.admitted = True
+            self.resume = self.welcome.result().resume or self.resume
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        super().on_ws_disconnected(transport)
+        if self.admitted:
+            self.on_drop(self)
+
+
+async def open_following(
+    make: Callable[[], Conn],
+    role: str,
+    hello: protocol.Hello,
+    bases: list[str],
+    nodes: dict[str, str],
+    timeout: float,
+    rng: random.Random,
+    stats: dict[str, int],
+) -> tuple[Conn, protocol.Welcome]:
+    """Connect ``role`` as the SDK and the watch page do behind deploy/haproxy.cfg: to the first
+    of ``bases`` that takes the TCP connection (one refused is tried on the next at once, as
+    the balancer's ``option redispatch`` does), following 4003 hints to
+    ``{url or base}/ws/<role>?node=NAME`` after 0-250 ms, MAX_REDIRECTS in a row at most.
+    Anything else raises (the caller backs off)."""
+    target = ""
+    for _ in range(MAX_REDIRECTS + 1):
+        urls = [target] if target else [f"{b}/ws/{role}" for b in bases]
+        c = make()
+        for i, url in enumerate(urls):
+            try:
+                await _connect(url, c, timeout)
+                c.base = url.split("/ws/")[0]  # type: ignore[attr-defined]
+                break
+            except OSError:  # refused: a dead node
+                if i == len(urls) - 1:
+                    raise
+                stats["redispatched"] += 1
+                c = make()
+        c.send_msg(hello)
+        try:
+            welcome = await asyncio.wait_for(c.welcome, timeout)
+        except ConnectionError:
+            err = c.error
+            if c.close_code == protocol.CloseCode.SESSION_MOVED and err is not None and err.node:
+                stats["redirects"] += 1
+                target = f"{ws_base(err.url) or nodes.get(err.node) or bases[0]}/ws/{role}?node={err.node}"
+                await asyncio.sleep(rng.uniform(0.0, REDIRECT_JITTER))
+                continue
+            raise ConnectionError(f"closed {c.close_code} before WELCOME: {c.error}") from None
+        except BaseException:
+            abort(c)
+            raise
+        return c, welcome
+    raise ConnectionError(f"{MAX_REDIRECTS} redirects without a WELCOME")
+
+
+class RedisInfo:
+    """INFO of the bench's redis-server over one connection (inline commands)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def info(self, section: str) -> dict[str, str]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(f"INFO {section}\r\n".encode())
+        head = await asyncio.wait_for(self.reader.readline(), 5)
+        body = await asyncio.wait_for(self.reader.readexactly(int(head[1:]) + 2), 5)
+        out = {}
+        for line in body.decode().splitlines():
+            k, sep, v = line.partition(":")
+            if sep and not k.startswith("#"):
+                out[k] = v
+        return out
+
+    async def commands(self) -> dict[str, int]:
+        """Calls per command since the server started (commands run by scripts included)."""
+        raw = await self.info("commandstats")
+        return {k[len("cmdstat_") :]: int(v.split(",")[0].split("=")[1]) for k, v in raw.items()}
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _diff(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    """b - a per command, without the INFO calls the bench made itself; busiest first."""
+    d = {k: v - a.get(k, 0) for k, v in b.items() if k != "info" and v - a.get(k, 0) > 0}
+    return dict(sorted(d.items(), key=lambda kv: -kv[1]))
+
+
+class ClusterSide:
+    """The sessions of one side of the cluster scenario: on a single node, or spread over nodes."""
+
+    def __init__(self, name: str, job: Job, nodes: list[dict[str, Any]], rng: random.Random) -> None:
+        self.name = name
+        self.job = job
+        self.nodes = nodes
+        self.urls = {str(n["name"]): ws_base(str(n["url"])) for n in nodes}
+        self.rng = rng
+        self.sessions: list[ClusterSession] = []
+        self.active: list[ClusterSession] = []  # the sessions streaming now (or last)
+        self.timeout = float(job.spec.get("timeout", 15))
+        self.jitter = float(job.spec.get("jitter", 0.5))
+        # A dropped socket reconnects as the SDK and the watch page would, unless the side is
+        # closing; one dropped outside a failover (the relay closed it: 4003 after a lapsed lease,
+        # say) is counted in ``unexpected_drops``, with its close code in ``drop_codes``.
+        self.closing = False
+        self.failover = False
+        self.drop_codes: dict[str, int] = {}
+        self.stats = {"redirects": 0, "redispatched": 0, "drops": 0, "unexpected_drops": 0, "retries": 0}
+        self.failures: dict[str, int] = {}
+        self.samples: list[str] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def bases(self, first: int | str) -> list[str]:
+        """Every node's base, starting with ``first`` (an index or a base URL)."""
+        urls = [ws_base(str(n["url"])) for n in self.nodes]
+        i = urls.index(first) if isinstance(first, str) and first in urls else (first if isinstance(first, int) else 0)
+        return urls[i:] + urls[:i]
+
+    def failed(self, e: BaseException) -> None:
+        key = f"{type(e).__name__}: {e}"[:80]
+        self.failures[key] = self.failures.get(key, 0) + 1
+        if len(self.samples) < 5:
+            self.samples.append(f"{type(e).__name__}: {e}"[:200])
+
+    # --- sockets ----------------------------------------------------------------------
+    def on_drop(self, conn: Conn) -> None:
+        if self.closing:
+            return
+        self.stats["drops" if self.failover else "unexpected_drops"] += 1
+        if not self.failover:
+            code = str(conn.close_code or 1006)
+            self.drop_codes[code] = self.drop_codes.get(code, 0) + 1
+        if isinstance(conn, ClusterVisitor):
+            coro = self._rejoin_visitor(cast(ClusterSession, conn.session), conn.base)
+        else:
+            coro = self._rejoin_viewer(cast(ClusterViewer, conn))
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _visitor(self, s: ClusterSession) -> ClusterVisitor:
+        v = ClusterVisitor(s, self.on_drop)
+        s.visitor = v  # before WELCOME: a RESYNC_REQUEST right behind it is answered on this socket
+        return v
+
+    async def open_visitor(self, s: ClusterSession, bases: list[str]) -> None:
+        hello = protocol.Hello(role="visitor", version=1, client_id=s.short_id)
+        v, welcome = await open_following(
+            lambda: self._visitor(s), "visitor", hello, bases, self.urls, self.timeout, self.rng, self.stats
+        )
+        assert isinstance(v, ClusterVisitor)
+        s.short_id = welcome.client_id or s.short_id
+        v.send_msg(protocol.Presence(url="http://127.0.0.1/bench", title=f"bench {s.name}", browser="bench"))
+
+    async def open_viewer(self, s: ClusterSession, bases: list[str], old: ClusterViewer | None) -> ClusterViewer:
+        if old is None:
+            hello = protocol.Hello(role="viewer", version=1, token=self.job.grant(s.short_id, "agent-0"))
+        else:  # as the watch page: its resume token, the last ordered frame it holds
+            hello = protocol.Hello(
+                role="viewer", version=1, token=old.resume, resume_epoch=old.epoch, resume_seq=old.hseq
+            )
+        w, welcome = await open_following(
+            lambda: ClusterViewer(s, self.on_drop),
+            "viewer",
+            hello,
+            bases,
+            self.urls,
+            self.timeout,
+            self.rng,
+            self.stats,
+        )
+        assert isinstance(w, ClusterViewer)
+        w.resume = welcome.resume or (old.resume if old is not None else "")
+        if old is not None:
+            w.epoch, w.hseq = max(w.epoch, old.epoch), max(w.hseq, old.hseq)
+        s.node = welcome.node
+        if s.viewers:
+            s.viewers[0] = w
+        else:
+            s.viewers.append(w)
+            s.nview = 1
+        return w
+
+    async def setup(self, n: int, frame: int, concurrency: int) -> float:
+        """``n`` sessions of visitor + 1 viewer: every visitor first (``i`` enters at node ``i % N``),
+        then the viewers, as agents join visitors already online (``i`` enters at node
+        ``(i // 2) % N``: with two nodes half of them are redirected to the owner)."""
+        k = len(self.nodes)
+        self.sessions = [ClusterSession(self.job, i, frame, 4096, i % k) for i in range(n)]
+        sem = asyncio.Semaphore(max(1, concurrency))
+        t0 = time.perf_counter()
+
+        async def visitor(s: ClusterSession) -> None:
+            async with sem:
+                try:
+                    await self.open_visitor(s, self.bases(s.entry))
+                except Exception as e:
+                    raise RuntimeError(f"{self.name} session {s.index}: visitor: {type(e).__name__}: {e}") from e
+
+        async def viewer(s: ClusterSession) -> None:
+            async with sem:
+                stage = "viewer"
+                try:
+                    s.viewer_entry = (s.index // 2) % k
+                    w = await self.open_viewer(s, self.bases(s.viewer_entry), None)
+                    stage = f"SESSION_ACCEPT (viewer welcomed by {s.node}, its visitor entered at node {s.entry + 1})"
+                    await asyncio.wait_for(w.accepted, self.timeout)
+                except Exception as e:
+                    raise RuntimeError(f"{self.name} session {s.index}: {stage}: {type(e).__name__}: {e}") from e
+
+        budget = self.timeout * 3 + n * 0.05
+        await asyncio.wait_for(asyncio.gather(*(visitor(s) for s in self.sessions)), budget)
+        await asyncio.sleep(0.5)  # visitors online before agents join them (their location written)
+        await asyncio.wait_for(asyncio.gather(*(viewer(s) for s in self.sessions)), budget)
+        await sync_keyframe(cast(list[Session], self.sessions), self.timeout)
+        return round(time.perf_counter() - t0, 2)
+
+    # --- failover -----------------------------------------------------------------------
+    async def _backoff(self, attempt: int) -> None:
+        """relay/web/src/redirect.js backoffDelay with SDK_BACKOFF: half the step plus up to half."""
+        step = min(15.0, 0.5 * 2 ** min(attempt, 5))
+        await asyncio.sleep(step / 2 + self.rng.uniform(0.0, step / 2))
+
+    async def _rejoin_visitor(self, s: ClusterSession, base: str) -> None:
+        await asyncio.sleep(self.rng.uniform(0.0, self.jitter))
+        attempt = 0
+        while not self.closing:
+            try:
+                await self.open_visitor(s, self.bases(base))
+                s.visitor_back = time.monotonic()
+                return
+            except Exception as e:
+                self.failed(e)
+                self.stats["retries"] += 1
+                await self._backoff(attempt)
+                attempt += 1
+
+    async def _rejoin_viewer(self, old: ClusterViewer) -> None:
+        s = old.cs
+        await asyncio.sleep(self.rng.uniform(0.0, self.jitter))
+        attempt = 0
+        while not self.closing:
+            try:
+                await self.open_viewer(s, self.bases(old.base), old)
+                s.viewer_back = time.monotonic()
+                return
+            except Exception as e:
+                self.failed(e)
+                self.stats["retries"] += 1
+                await self._backoff(attempt)
+                attempt += 1
+
+    # --- streaming ------------------------------------------------------------------------
+    def start(self, rate: float, count: int | None = None) -> None:
+        """Stream the first ``count`` sessions (all by default: :attr:`active`), evenly phased."""
+        loop = asyncio.get_running_loop()
+        self.job.sending = True
+        self.active = self.sessions[:count] if count is not None else self.sessions
+        n = len(self.active)
+        for i, s in enumerate(self.active):
+            s.start_paced(rate, loop, (i / max(1, n)) / rate)
+
+    def stop(self) -> None:
+        self.job.sending = False
+        self.job.rec = False
+        for s in self.sessions:
+            s.stop()
+
+    def viewers(self) -> list[Viewer]:
+        return [w for s in self.active for w in s.viewers]
+
+    async def drain(self, seconds: float) -> int:
+        """Wait until every streaming session's viewer holds its last frame (``seconds`` at most);
+        the frames still missing."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if all(w.expect > s.seq for s in self.active for w in s.viewers if not w.closed_at):
+                break
+            await asyncio.sleep(0.01)
+        return sum(max(0, s.seq - (w.expect - 1)) for s in self.active for w in s.viewers)
+
+    def close_all(self) -> list[Conn]:
+        self.closing = True
+        for t in self.tasks:
+            t.cancel()
+        return all_conns(cast(list[Session], self.sessions))
+
+
+def _cpu(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for p in pids:
+        with contextlib.suppress(OSError):
+            out[p] = cpu_times(p).total
+    return out
+
+
+async def cluster_window(
+    side: ClusterSide,
+    label: str,
+    count: int | None,
+    rate: float,
+    warmup: float,
+    window: float,
+    redis: RedisInfo | None,
+    redis_pid: int | None,
+) -> dict[str, Any]:
+    """Stream ``count`` of ``side``'s sessions (all: None) at ``rate`` frames/s each; measure
+    ``window`` s after ``warmup``: deliveries (per node: a session's are its owner's), each
+    node's CPU seconds, Redis's commands and CPU, the generator's CPU, latency; then stop,
+    drain and count losses."""
+    job = side.job
+    side.start(rate, count)
+    lost0 = sum(w.lost + w.skipped for w in side.viewers())
+    await asyncio.sleep(warmup)
+    pids = {str(n["name"]): int(n["pid"]) for n in side.nodes}
+    by_node0 = {name: sum(s.delivered for s in side.active if s.node == name) for name in pids}
+    cmds0 = await redis.commands() if redis is not None else {}
+    job.lat = array("q")
+    job.rec = True
+    cpu0 = _cpu([*pids.values(), *([redis_pid] if redis_pid else [])])
+    own0 = self_cpu()
+    t0 = time.perf_counter()
+    await asyncio.sleep(window)
+    wall = time.perf_counter() - t0
+    own = self_cpu() - own0
+    cpu1 = _cpu([*pids.values(), *([redis_pid] if redis_pid else [])])
+    by_node1 = {name: sum(s.delivered for s in side.active if s.node == name) for name in pids}
+    job.rec = False
+    cmds1 = await redis.commands() if redis is not None else {}
+    side.stop()
+    undelivered = await side.drain(3.0)
+    lost = sum(w.lost + w.skipped for w in side.viewers()) - lost0
+    nodes: dict[str, Any] = {}
+    for name, pid in pids.items():
+        cpu = cpu1.get(pid, 0.0) - cpu0.get(pid, 0.0)
+        d = by_node1[name] - by_node0[name]
+        nodes[name] = {
+            "deliveries": d,
+            "cpu_s": round(cpu, 3),
+            "cpu_pct": round(100 * cpu / wall, 1),
+            "del_per_cpu_s": round(d / cpu, 1) if cpu > 0 else None,
+        }
+    deliveries = sum(v["deliveries"] for v in nodes.values())
+    relay_cpu = sum(v["cpu_s"] for v in nodes.values())
+    out: dict[str, Any] = {
+        "side": label,
+        "sessions": len(side.active),
+        "wall_s": round(wall, 3),
+        "deliveries": deliveries,
+        "del_per_s": round(deliveries / wall, 1),
+        "relay_cpu_s": round(relay_cpu, 3),
+        "del_per_cpu_s": round(deliveries / relay_cpu, 1) if relay_cpu > 0 else None,
+        "us_per_del": round(1e6 * relay_cpu / deliveries, 2) if deliveries else None,
+        "nodes": nodes,
+        "loadgen_cpu_pct": round(100 * own / wall, 1),
+        "lost": lost,
+        "undelivered": undelivered,
+        "latency": {k: v for k, v in latency_stats(job.lat).items() if k != "cdf_us"},
+    }
+    if redis is not None:
+        diff = _diff(cmds0, cmds1)
+        out["redis_commands"] = sum(diff.values())
+        out["redis_by_command"] = diff
+    if redis_pid:
+        cpu = cpu1.get(redis_pid, 0.0) - cpu0.get(redis_pid, 0.0)
+        out["redis_cpu_s"] = round(cpu, 3)
+        out["del_per_cpu_s_with_redis"] = round(deliveries / (relay_cpu + cpu), 1) if relay_cpu + cpu > 0 else None
+    return out
+
+
+async def cluster_failover(
+    side: ClusterSide, victim: dict[str, Any], rate: float, budget: float, redis: RedisInfo
+) -> dict[str, Any]:
+    """SIGKILL node ``victim`` while every session streams; its sessions' visitors and viewers
+    reconnect after U(0, jitter) s (to the next node: the balancer's redispatch), following
+    hints, backing off as the SDK does. Per affected session: time from the kill until its
+    viewer receives a keyframe of a new epoch."""
+    name = str(victim["name"])
+    survivors = {str(n["name"]): int(n["pid"]) for n in side.nodes if n["name"] != name}
+    if rate > 0:
+        side.start(rate)
+    await asyncio.sleep(1.0)
+    affected = [s for s in side.sessions if s.node == name]
+    for s in affected:
+        s.watching = True
+        s.old_epoch = cast(ClusterViewer, s.viewers[0]).epoch
+        s.back_at = s.visitor_back = s.viewer_back = 0.0
+    for k in ("redirects", "redispatched", "drops", "unexpected_drops", "retries"):
+        side.stats[k] = 0
+    side.failures.clear()
+    side.samples.clear()
+    side.failover = True
+    cpu0 = _cpu(list(survivors.values()))
+    cmds0 = await redis.commands()
+    t_kill = time.monotonic()
+    os.kill(int(victim["pid"]), 9)  # SIGKILL: no drain, no goodbye, sockets reset by the kernel
+    deadline = t_kill + budget
+    while time.monotonic() < deadline:
+        if all(s.back_at and s.visitor_back and s.viewer_back for s in affected):
+            break
+        await asyncio.sleep(0.01)
+    span = time.monotonic() - t_kill
+    cpu1 = _cpu(list(survivors.values()))
+    cmds1 = await redis.commands()
+    side.stop()
+    side.failover = False
+    back = sorted(s.back_at - t_kill for s in affected if s.back_at)
+    out: dict[str, Any] = {
+        "killed": name,
+        "affected": len(affected),
+        "watching": len(back),
+        "span_s": round(span, 3),
+        "visitors_back": sum(1 for s in affected if s.visitor_back),
+        "viewers_back": sum(1 for s in affected if s.viewer_back),
+        "survivor_cpu_s": {n: round(cpu1.get(p, 0.0) - cpu0.get(p, 0.0), 3) for n, p in survivors.items()},
+        "redis_commands": sum(_diff(cmds0, cmds1).values()),
+        "redis_by_command": _diff(cmds0, cmds1),
+        **side.stats,
+        "failures": dict(side.failures),
+        "failure_samples": list(side.samples),
+        "moved_to": sorted({s.node for s in affected if s.back_at}),
+    }
+    if back:
+        out["kill_to_watching_ms"] = _quantiles_ms(back)
+    vb = sorted(s.visitor_back - t_kill for s in affected if s.visitor_back)
+    wb = sorted(s.viewer_back - t_kill for s in affected if s.viewer_back)
+    if vb:
+        out["visitor_back_ms"] = _quantiles_ms(vb)
+    if wb:
+        out["viewer_back_ms"] = _quantiles_ms(wb)
+    return out
+
+
+async def job_cluster(job: Job) -> dict[str, Any]:
+    """Scenario 10: one node against nodes sharing one Redis, the same sessions on each side.
+
+    Spec: ``single`` ({name, url, pid}: a relay without REDIS_URL), ``nodes`` (a list of the
+    same for the cluster's nodes), ``redis_port``/``redis_pid``, ``sessions``, ``rate``,
+    ``rounds`` of ``window`` s per run (interleaved, after ``warmup``), ``kill`` (the index of
+    the node to SIGKILL afterwards, or None), ``jitter``, ``failover_budget``. Both sides are set
+    up first and stay connected; one streams while the other idles. The runs of a round:
+    ``single`` (every session on the one node), ``single-half`` (half of them streaming on the
+    one node: the load each cluster node carries) and ``cluster`` (every session, spread).
+    """
+    sp = job.spec
+    rng = random.Random(int(sp.get("seed", 10)))
+    n = int(sp.get("sessions", 400))
+    rate = float(sp.get("rate", 60))
+    frame = int(sp.get("frame", 1024))
+    warmup = float(sp.get("warmup", 1.0))
+    window = float(sp.get("window", 5.0))
+    rounds = int(sp.get("rounds", 3))
+    redis = RedisInfo(int(sp["redis_port"]))
+    redis_pid = int(sp["redis_pid"]) if sp.get("redis_pid") else None
+    sides: list[ClusterSide] = []
+    if sp.get("single"):
+        sides.append(ClusterSide("single", Job({**sp, "url": sp["single"]["url"]}), [sp["single"]], rng))
+    cluster = ClusterSide("cluster", Job({**sp, "url": sp["nodes"][0]["url"]}), list(sp["nodes"]), rng)
+    sides.append(cluster)
+    result: dict[str, Any] = {"sessions": n, "rate": rate, "windows": [], "phases": []}
+
+    def phase(name: str) -> None:  # wall-clock times, to place the nodes' log lines
+        result["phases"].append([name, time.time()])
+
+    try:
+        for side in sides:
+            phase(f"setup {side.name}")
+            result[f"setup_{side.name}_s"] = await side.setup(n, frame, int(sp.get("concurrency", 32)))
+            result[f"setup_{side.name}"] = dict(side.stats)
+            result[f"owners_{side.name}"] = {
+                str(x["name"]): sum(1 for s in side.sessions if s.node == x["name"]) for x in side.nodes
+            }
+        await until_idle([int(x["pid"]) for s in sides for x in s.nodes], 0.5, 10.0)
+        phase("steady")
+        t_steady = time.perf_counter()
+        cmds_steady0 = await redis.commands()
+        cluster_time = 0.0
+        cmds_cluster: dict[str, int] = {}
+        runs: list[tuple[str, ClusterSide, int | None]] = [("cluster", cluster, None)]
+        if len(sides) > 1:
+            runs = [("single", sides[0], None), ("single-half", sides[0], n // len(cluster.nodes)), *runs]
+        for r in range(rounds):
+            for label, side, count in runs if r % 2 == 0 else runs[::-1]:
+                w = await cluster_window(side, label, count, rate, warmup, window, redis, redis_pid)
+                w["round"] = r
+                result["windows"].append(w)
+                if side is cluster:
+                    cluster_time += w["wall_s"]
+                    for k, v in w.get("redis_by_command", {}).items():
+                        cmds_cluster[k] = cmds_cluster.get(k, 0) + v
+                log(
+                    f"cluster round {r} {label}: {w['del_per_s']:.0f} deliveries/s, "
+                    f"{w['del_per_cpu_s']} per relay CPU-s, lost {w['lost']}"
+                )
+        steady = time.perf_counter() - t_steady
+        all_steady = _diff(cmds_steady0, await redis.commands())
+        result["redis_steady"] = {
+            "seconds": round(steady, 2),
+            "commands": sum(all_steady.values()),
+            "per_s": round(sum(all_steady.values()) / steady, 1),
+            "by_command_per_s": {k: round(v / steady, 1) for k, v in all_steady.items()},
+            "streaming_seconds": round(cluster_time, 2),
+            "streaming_per_s": round(sum(cmds_cluster.values()) / cluster_time, 1) if cluster_time else None,
+        }
+        for side in sides:
+            result[f"drops_{side.name}"] = side.stats["unexpected_drops"]
+            result[f"drop_codes_{side.name}"] = dict(side.drop_codes)
+        if sp.get("kill") is not None:
+            phase("failover")
+            victim = sp["nodes"][int(sp["kill"])]
+            f_rate = float(sp.get("failover_rate", rate))
+            result["failover"] = await cluster_failover(
+                cluster, victim, f_rate, float(sp.get("failover_budget", 20)), redis
+            )
+            result["failover"]["rate"] = f_rate
+            f = result["failover"]
+            log(f"cluster failover: {f['watching']}/{f['affected']} watching again, {f.get('kill_to_watching_ms')}")
+        phase("teardown")
+        errs = [e for side in sides for c in side.close_all() for e in c.errors]
+        if errs:
+            result["errors"] = errs[:10]
+        result["close_codes"] = {side.name: dict(side.job.close_codes) for side in sides}
+        return result
+    finally:
+        redis.close()
+        for side in sides:
+            side.stop()
+            await close_all(side.close_all(), 10)
+
+
 JOBS: dict[str, Callable[[Job], Any]] = {
     "fanout": job_fanout,
     "direct": job_direct,
@@ -1574,6 +2209,7 @@ JOBS: dict[str, Callable[[Job], Any]] = {
     "join": job_join,
     "storm": job_storm,
     "flood": job_flood,
+    "cluster": job_cluster,
 }
 
 

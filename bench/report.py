@@ -53,10 +53,12 @@ def status(row: dict[str, Any]) -> str:
 
 
 def format_scenario(sc: dict[str, Any]) -> str:
-    cols = [*TARGETS]
+    # a scenario measuring the relay alone (10: cluster mode, which the baselines lack) says so
+    cols = [t for t in TARGETS if t in sc.get("columns", TARGETS)]
     if any("direct" in r["values"] for r in sc["rows"]):
         cols.append("direct")
-    head = ["case", "metric", *cols, *(f"relay/{b}" for b in BASELINES), "target", ""]
+    bases = [b for b in BASELINES if b in cols]
+    head = ["case", "metric", *cols, *(f"relay/{b}" for b in bases), "target", ""]
     lines = []
     for r in sc["rows"]:
         vals = [str(r["text"].get(c, "-")) if "text" in r else fmt(r["values"].get(c)) for c in cols]
@@ -66,7 +68,7 @@ def format_scenario(sc: dict[str, Any]) -> str:
                 r["case"],
                 r["metric"] + unit,
                 *vals,
-                *(fmt_ratio(r["ratios"].get(f"relay/{b}")) for b in BASELINES),
+                *(fmt_ratio(r["ratios"].get(f"relay/{b}")) for b in bases),
                 r["target"],
                 status(r),
             ]
@@ -88,8 +90,14 @@ def format_scenario(sc: dict[str, Any]) -> str:
 
 
 def ordered(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Scenarios in their issue order (titles start with the number), whatever order they ran in."""
-    return sorted(data.get("scenarios", {}).values(), key=lambda sc: str(sc.get("title", "")))
+    """Scenarios in their issue order (titles start with the number: 10 after 9), whatever order they ran in."""
+
+    def key(sc: dict[str, Any]) -> tuple[int, str]:
+        title = str(sc.get("title", ""))
+        number = title.split(".", 1)[0]
+        return (int(number) if number.isdigit() else 1 << 30, title)
+
+    return sorted(data.get("scenarios", {}).values(), key=key)
 
 
 def target_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -214,7 +222,13 @@ def markdown_table(data: dict[str, Any]) -> str:
         f"{m.get('cores', '?')} cores, Linux {m.get('kernel', '?')}; Python {v.get('python', '?')}, "
         f"uvicorn {v.get('uvicorn', '?')}, websockets {v.get('websockets', '?')}, picows {v.get('picows', '?')}. "
         "Relay and baselines pinned to one core, the load generator to the other; medians of repeated runs. "
-        "Regenerate with `make bench-table` from `bench/results/latest.json`.",
+        + (
+            "Scenario 10 (cluster mode, relay only): two nodes, one per core, the load generator and Redis "
+            "sharing the second; per core = deliveries per CPU-second of the relay processes (bench/README.md). "
+            if "cluster" in data.get("scenarios", {})
+            else ""
+        )
+        + "Regenerate with `make bench-table` from `bench/results/latest.json`.",
         *provenance(data),
         "",
         "| scenario | case | figure | relay | websockets | picows | relay/websockets | relay/picows | target |",
@@ -242,6 +256,15 @@ def markdown_table(data: dict[str, Any]) -> str:
         "A p99 under flood",
         "A p99 flood/quiet",
         "B closed by the server",
+        "deliveries/s per core, 1 node",
+        "deliveries/s per core, 2 nodes",
+        "per core, 2 nodes / 1 node",
+        "  2 nodes / 1 node at a node's load",
+        "Redis commands/s per 1,000 sessions",
+        "watching again (new-epoch keyframe)",
+        "kill-to-watching p50",
+        "kill-to-watching p99",
+        "kill-to-watching max",
     }
     for sc in ordered(data):
         for r in sc.get("rows", []):
@@ -254,7 +277,7 @@ def markdown_table(data: dict[str, Any]) -> str:
             unit = f" ({r['unit']})" if r["unit"] and r["unit"] != "x" else ""
             tgt = f"{r['target']} {status(r)}".strip() if r.get("target") else ""
             lines.append(
-                f"| {r['scenario']} | {r['case']} | {r['metric']}{unit} | "
+                f"| {r['scenario']} | {r['case']} | {r['metric'].strip()}{unit} | "
                 + " | ".join(vals)
                 + " | "
                 + " | ".join(fmt_ratio(r["ratios"].get(f"relay/{b}")) for b in BASELINES)

@@ -1,4 +1,5 @@
-"""The seven scenarios of issue #5, a reconnect storm and a flood: jobs for the load generator, medians, rows.
+"""The seven scenarios of issue #5, a reconnect storm, a flood and a cluster: jobs for the load
+generator, medians, rows.
 
 Each scenario returns ``{"title", "rows", "runs", "notes"}``. A row is one
 figure for every target side by side (see :func:`row`), with the relay's
@@ -9,7 +10,9 @@ round, so a slow minute on this shared machine hits all of them alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -17,11 +20,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench.proc import child_setup, nofile_hard, pin_prefix, rss_bytes
-from bench.targets import BASELINES, ORIGIN, REPO, TARGETS, Target, start_target
+from bench.targets import BASELINES, ORIGIN, REPO, SECRET, TARGETS, Target, start_node, start_redis, start_target
 
 __all__ = ["Ctx", "SCENARIOS", "QUICK", "ALL", "row", "run_loadgen"]
 
@@ -1213,6 +1217,300 @@ def strip_flood(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# --- 10. cluster ----------------------------------------------------------------------------------
+CLUSTER_SESSIONS = 400
+CLUSTER_RATE = 60  # frames/s per session, 1 KiB: 24,000 deliveries/s offered with one viewer each
+CLUSTER_TTL = 5.0  # OWNERSHIP_TTL: the relay's default
+CLUSTER_JITTER = 0.5  # s: a dropped socket reconnects after U(0, jitter)
+# Every session keeps streaming through the failover, at the rate of tests/cluster/test_failover.py's
+# visitor (a delta every 50 ms): at the steady rate the survivor alone would be saturated by the
+# streams themselves (each node runs near half a core), and the figure would measure that.
+CLUSTER_FAILOVER_RATE = 20
+LOG_FLAGS = ("error", "traceback", "exception", "warning", "critical")
+
+
+def _node_log_lines(paths: Iterable[Path], phases: list[list[Any]]) -> dict[str, dict[str, list[str]]]:
+    """Lines of the nodes' logs that look like trouble (warnings, errors, tracebacks), per log and
+    per phase of the run they fall in (``phases``: [name, wall-clock start] from the generator)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for path in paths:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for ln in lines:
+            if not any(f in ln.lower() for f in LOG_FLAGS):
+                continue
+            where = "start"
+            with contextlib.suppress(ValueError):  # the relay's text format: "2026-01-02 03:04:05,678 LEVEL ..."
+                t = datetime.strptime(ln[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                for name, start in phases:
+                    if t >= start:
+                        where = name
+            out.setdefault(path.stem, {}).setdefault(where, []).append(ln.strip())
+    return out
+
+
+def cluster(ctx: Ctx) -> dict[str, Any]:
+    """Two cluster nodes, one per core, against one node on one core; Redis's load; a node killed.
+
+    The same ``n`` sessions (visitor + 1 viewer, ``rate`` frames/s of 1 KiB) are set up on a
+    single relay (no REDIS_URL, pinned to the server core) and on two cluster nodes sharing a
+    redis-server the bench starts (node1 on the server core, node2 on the generator's core with
+    the generator and Redis): visitors enter at node ``i % 2``, viewers at ``(i // 2) % 2`` and
+    follow 4003 hints to the owner. The sides stream in turn, ``rounds`` interleaved windows
+    each. The machine has two cores and the generator needs a share of one, so neither side is
+    driven to saturation: "per core" is deliveries per CPU-second of the relay processes (from
+    /proc over the window), what one core would deliver at that cost. Then node2 is SIGKILLed
+    while streaming: its sessions' visitors and viewers reconnect after U(0, 0.5 s) to node1, and
+    kill-to-watching is the time until each affected viewer receives a keyframe of a new epoch.
+    """
+    n = CLUSTER_SESSIONS
+    rounds = 1 if ctx.quick else 5
+    window = 3.0 if ctx.quick else 4.0
+    notes: list[str] = []
+    try:
+        redis = start_redis(ctx.loadgen_core, ctx.log_dir)
+    except Exception as e:  # no redis-server here, or it would not start
+        say(f"10. cluster: skipped, redis-server did not start ({type(e).__name__}: {e})")
+        return {"title": "10. Cluster", "rows": [], "runs": [], "notes": [f"redis-server: {e}"], "columns": ["relay"]}
+    started: list[Target] = []
+    results: list[dict[str, Any]] = []
+    try:
+        single = start_node("single", None, ctx.server_core, ctx.log_dir)
+        nodes = [
+            start_node("node1", redis.url, ctx.server_core, ctx.log_dir, ownership_ttl=CLUSTER_TTL),
+            start_node("node2", redis.url, ctx.loadgen_core, ctx.log_dir, ownership_ttl=CLUSTER_TTL),
+        ]
+        started = [single, *nodes]
+        bad = [f"{t.name}: {t.error}" for t in started if t.error]
+        if bad:
+            notes += bad
+        else:
+
+            def node(t: Target) -> dict[str, Any]:
+                assert t.server is not None
+                return {"name": t.name, "url": t.url, "pid": t.server.pid}
+
+            job = {
+                "type": "cluster",
+                "label": "cluster|0",
+                "mode": "relay",
+                "url": nodes[0].url,
+                "secret": SECRET,
+                "single": node(single),
+                "nodes": [node(t) for t in nodes],
+                "redis_port": redis.port,
+                "redis_pid": redis.pid,
+                "sessions": n,
+                "rate": CLUSTER_RATE,
+                "frame": KiB,
+                "warmup": 1.0,
+                "window": window,
+                "rounds": rounds,
+                "kill": 1,
+                "failover_rate": CLUSTER_FAILOVER_RATE,
+                "jitter": CLUSTER_JITTER,
+                "failover_budget": 20,
+                "concurrency": 32,
+                "timeout": 15,
+                "budget": 170,
+            }
+            say(
+                f"10. cluster: {n} sessions (1+1) @{CLUSTER_RATE}/s, 1 node vs 2 nodes + Redis, "
+                f"{rounds} round(s) of {window:.0f} s each, then node2 killed ",
+                end="",
+            )
+            results = run_loadgen([job], ctx.loadgen_core, 200, progress)
+            say()
+    finally:
+        for t in started:
+            t.stop()
+        redis.stop()
+    r = results[0] if results and results[0].get("ok") else {}
+    logs = (ctx.log_dir / f"{name}.log" for name in ("single", "node1", "node2"))
+    trouble = _node_log_lines(logs, r.get("phases", []))
+    if results and not results[0].get("ok"):
+        notes.append(f"cluster job failed: {results[0].get('error')}")
+    return _cluster_report(r, n, rounds, window, notes, trouble)
+
+
+def _cluster_report(
+    r: dict[str, Any], n: int, rounds: int, window: float, notes: list[str], trouble: dict[str, dict[str, list[str]]]
+) -> dict[str, Any]:
+    ws = r.get("windows", [])
+    side = {s: [w for w in ws if w["side"] == s] for s in ("single", "single-half", "cluster")}
+
+    def m(s: str, key: str) -> float | None:
+        return med(w.get(key) for w in side[s])
+
+    def pct(s: str, key: str) -> float | None:
+        return med(100 * w[key] / w["wall_s"] for w in side[s] if w.get(key) is not None and w["wall_s"])
+
+    def one(v: float | None) -> dict[str, float | None]:
+        return {"relay": v}
+
+    sc = "10 cluster"
+    case = f"{n} sessions (1+1) @{CLUSTER_RATE}/s, 1 KiB"
+    per1, per2 = m("single", "del_per_cpu_s"), m("cluster", "del_per_cpu_s")
+    per_half = m("single-half", "del_per_cpu_s")
+    grow = ratio(per2, per1)
+    rows = [
+        row(sc, case, "deliveries/s per core, 1 node", "/CPU-s", one(per1), "higher"),
+        row(sc, case, "deliveries/s per core, 2 nodes", "/CPU-s", one(per2), "higher"),
+        row(sc, case, "per core, 2 nodes / 1 node", "x", one(grow), "higher", ">=0.9x", check(grow, ">=", 0.9)),
+        row(sc, case, f"  1 node, {n // 2} of them streaming", "/CPU-s", one(per_half), "higher"),
+        row(sc, case, "  2 nodes / 1 node at a node's load", "x", one(ratio(per2, per_half)), "higher"),
+        row(sc, case, "deliveries/s, 1 node", "/s", one(m("single", "del_per_s")), "info"),
+        row(sc, case, f"deliveries/s, 1 node, {n // 2} streaming", "/s", one(m("single-half", "del_per_s")), "info"),
+        row(sc, case, "deliveries/s, 2 nodes", "/s", one(m("cluster", "del_per_s")), "info"),
+        row(sc, case, "relay CPU, 1 node", "%", one(pct("single", "relay_cpu_s")), "info"),
+        row(sc, case, f"relay CPU, 1 node, {n // 2} streaming", "%", one(pct("single-half", "relay_cpu_s")), "info"),
+        row(sc, case, "relay CPU, 2 nodes (sum)", "%", one(pct("cluster", "relay_cpu_s")), "info"),
+    ]
+    for name in ("node1", "node2"):
+        cpu = med(w["nodes"][name]["cpu_pct"] for w in side["cluster"] if name in w.get("nodes", {}))
+        per = med(w["nodes"][name]["del_per_cpu_s"] for w in side["cluster"] if name in w.get("nodes", {}))
+        rows.append(row(sc, case, f"  {name} CPU", "%", one(cpu), "info"))
+        rows.append(row(sc, case, f"  {name} deliveries per CPU-s", "/CPU-s", one(per), "info"))
+    rows += [
+        row(sc, case, "Redis CPU", "%", one(pct("cluster", "redis_cpu_s")), "info"),
+        row(sc, case, "per CPU-s counting Redis, 2 nodes", "/CPU-s", one(m("cluster", "del_per_cpu_s_with_redis"))),
+        row(sc, case, "p50 latency, 1 node", "µs", one(med(w["latency"].get("p50_us") for w in side["single"]))),
+        row(sc, case, "p50 latency, 2 nodes", "µs", one(med(w["latency"].get("p50_us") for w in side["cluster"]))),
+        row(sc, case, "p99 latency, 1 node", "µs", one(med(w["latency"].get("p99_us") for w in side["single"]))),
+        row(sc, case, "p99 latency, 2 nodes", "µs", one(med(w["latency"].get("p99_us") for w in side["cluster"]))),
+    ]
+    lost = (
+        sum(w.get("lost", 0) + w.get("undelivered", 0) for w in ws) + sum(r.get(f"drops_{s}", 0) for s in side)
+        if ws
+        else None
+    )
+    rows.append(row(sc, case, "lost frames", "", one(lost), "lower", "0", check(lost, "<=", 0)))
+    rows += [
+        row(sc, case, "loadgen CPU (max)", "%", one(max((w["loadgen_cpu_pct"] for w in ws), default=None)), "info"),
+        row(sc, case, f"setup ({2 * n} sockets), 1 node", "s", one(r.get("setup_single_s")), "info"),
+        row(sc, case, f"setup ({2 * n} sockets), 2 nodes", "s", one(r.get("setup_cluster_s")), "info"),
+        row(sc, case, "viewers redirected at setup", "", one((r.get("setup_cluster") or {}).get("redirects")), "info"),
+    ]
+    steady = r.get("redis_steady") or {}
+    per_s = steady.get("per_s")
+    rcase = f"{n} sessions on 2 nodes, OWNERSHIP_TTL {CLUSTER_TTL:g} s, steady"
+    rows += [
+        row(sc, rcase, "Redis commands/s per 1,000 sessions", "/s", one(_per_k(per_s, n)), "lower"),
+        row(sc, rcase, "Redis commands/s", "/s", one(per_s), "info"),
+    ]
+    f = r.get("failover") or {}
+    if f:
+        fcase = (
+            f"SIGKILL {f['killed']}: {f['affected']} sessions move, jitter 0-{CLUSTER_JITTER * 1000:.0f} ms, "
+            f"@{f.get('rate', 0):g}/s"
+        )
+        q = f.get("kill_to_watching_ms") or {}
+        vb, wb = f.get("visitor_back_ms") or {}, f.get("viewer_back_ms") or {}
+        rows += [
+            row(
+                sc,
+                fcase,
+                "watching again (new-epoch keyframe)",
+                "",
+                one(f["watching"]),
+                "higher",
+                f"{f['affected']}",
+                check(f["watching"], ">=", f["affected"]) if f["affected"] else None,
+            ),
+            row(sc, fcase, "kill-to-watching p50", "ms", one(q.get("p50"))),
+            row(sc, fcase, "kill-to-watching p99", "ms", one(q.get("p99"))),
+            row(sc, fcase, "kill-to-watching max", "ms", one(q.get("max"))),
+            row(sc, fcase, "visitor re-admitted p50", "ms", one(vb.get("p50")), "info"),
+            row(sc, fcase, "visitor re-admitted max", "ms", one(vb.get("max")), "info"),
+            row(sc, fcase, "viewer re-admitted p50", "ms", one(wb.get("p50")), "info"),
+            row(sc, fcase, "viewer re-admitted max", "ms", one(wb.get("max")), "info"),
+            row(sc, fcase, "redirects followed", "", one(f.get("redirects")), "info"),
+            row(sc, fcase, "retried attempts", "", one(f.get("retries")), "lower"),
+            row(sc, fcase, "survivor CPU over it", "%", one(_survivor_pct(f)), "info"),
+            row(sc, fcase, "Redis commands per moved session", "", one(_per_moved(f, per_s)), "info"),
+        ]
+    notes.append(
+        "per core = deliveries / relay CPU-seconds over the window (user+sys of every relay process, "
+        "from /proc): the machine has 2 cores and the generator needs a share, so neither side is "
+        "saturated; this is what one core would deliver at the measured cost. 1 node: pinned to core 0, the "
+        "generator on core 1. 2 nodes: node1 on core 0, node2 on core 1 with the generator and "
+        "redis-server. Both sides hold the same sessions; they stream in turn, "
+        f"{rounds} interleaved window(s) of {window:.0f} s each (medians). A cluster node carries half the "
+        "load of the single node, and a relay's cost per delivery falls as its load rises (more frames per "
+        f"wake-up): the control run streams {n // 2} of the single node's sessions, the load of one "
+        "cluster node, to tell that apart from what cluster mode itself costs. node2 shares its core with the "
+        "generator and Redis: the cluster side's latency includes waiting for that core"
+    )
+    if ws:
+        per_round = "; ".join(
+            f"{k} " + "/".join(f"{w['del_per_cpu_s']:.0f}" for w in side[k] if w.get("del_per_cpu_s")) for k in side
+        )
+        notes.append(f"deliveries per relay CPU-s, round by round: {per_round}")
+    if steady:
+        top = ", ".join(f"{k} {v:.0f}" for k, v in list(steady.get("by_command_per_s", {}).items())[:8])
+        notes.append(
+            f"Redis: INFO commandstats over {steady.get('seconds')} s of steady state (every session "
+            f"established, the sides streaming in turn), the bench's own INFO calls left out; commands "
+            f"run by scripts (EVAL) count too. Per s: {top}"
+        )
+    if f:
+        notes.append(
+            f"failover: {f['killed']} SIGKILLed while every session streamed at {f.get('rate', 0):g} frames/s (the "
+            "rate of tests/cluster/test_failover.py's visitor; at the steady rate the survivor would be saturated by "
+            "the streams alone); each dropped visitor and viewer "
+            f"reconnects after U(0, {CLUSTER_JITTER:.1f} s) (seeded; the SDK's own first step is 0.25-0.5 s, the "
+            "watch page's 0.15-0.3 s plus a session lookup, left out here) to its old node first: refused, "
+            "the next node at once (the shipped HAProxy config's redispatch); 4003 hints followed after "
+            "0-250 ms; failed attempts back off as the SDK does. The viewer resumes with its resume token. "
+            "kill-to-watching: from the kill until the viewer receives a keyframe of a new epoch"
+        )
+        if f.get("failures"):
+            notes.append(f"failover: failed attempts {f['failures']}")
+        if f.get("watching", 0) < f.get("affected", 0):
+            notes.append(f"failover: only {f['watching']}/{f['affected']} viewers watching again within the budget")
+    if r.get("errors"):
+        notes.append(f"client-side errors: {r['errors'][:5]}")
+    for s in side:
+        if r.get(f"drops_{s}"):
+            notes.append(
+                f"{s}: {r[f'drops_{s}']} sockets closed by the relay outside the failover (close codes "
+                f"{r.get(f'drop_codes_{s}')}); they reconnected as clients do, the frames missed count as lost"
+            )
+    for name, by_phase in trouble.items():
+        for ph, lines in by_phase.items():
+            kinds: dict[str, int] = {}
+            for ln in lines:
+                k = re.sub(r"\b[0-9a-z]*x[0-9]+s[0-9]+\b", "<visitor>", ln[24:])[:110]
+                kinds[k] = kinds.get(k, 0) + 1
+            top = "; ".join(f"{c} x {k}" for k, c in sorted(kinds.items(), key=lambda kv: -kv[1])[:3])
+            notes.append(f"{name}.log, {ph}: {len(lines)} warning/error lines: {top}")
+    return {
+        "title": "10. Cluster",
+        "rows": rows,
+        "runs": [r] if r else [],
+        "notes": notes[:30],
+        "columns": ["relay"],
+    }
+
+
+def _per_moved(f: dict[str, Any], steady_per_s: float | None) -> float | None:
+    """Redis commands over the failover beyond the steady rate, per session that moved."""
+    if not f.get("affected") or steady_per_s is None or f.get("redis_commands") is None:
+        return None
+    return round((f["redis_commands"] - steady_per_s * f["span_s"]) / f["affected"], 1)
+
+
+def _survivor_pct(f: dict[str, Any]) -> float | None:
+    cpu = sum((f.get("survivor_cpu_s") or {}).values())
+    return round(100 * cpu / f["span_s"], 1) if f.get("span_s") else None
+
+
+def _per_k(per_s: float | None, n: int) -> float | None:
+    return None if per_s is None or not n else round(per_s * 1000 / n, 1)
+
+
 SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "saturated": saturated,
     "paced": paced,
@@ -1223,6 +1521,7 @@ SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "idle": idle,
     "storm": storm,
     "flood": flood,
+    "cluster": cluster,
 }
 QUICK = ("saturated", "paced", "storm", "flood")
-ALL = ("saturated", "paced", "fanout", "sessions", "slow", "join", "storm", "flood", "idle")
+ALL = ("saturated", "paced", "fanout", "sessions", "slow", "join", "storm", "flood", "cluster", "idle")

@@ -338,3 +338,87 @@ def test_table_names_scenarios_measured_at_another_time() -> None:
     assert report.provenance(data) == ["Measured at another time: scenario 2 on D1."]
     data["scenarios"]["paced"].update(date="D2", command="python -m bench storm")
     assert report.provenance(data) == []
+
+
+# --- 10. cluster ---------------------------------------------------------------------------------
+@pytest.mark.cluster
+def test_cluster_job_against_real_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six sessions on a single node and on two cluster nodes sharing a redis-server, one short
+    window each, then node2 killed: bookkeeping only (redirects, owners, Redis, failover), no speed."""
+    import uvloop
+
+    from bench.targets import SECRET, start_node, start_redis
+
+    from ..conftest import require_binary
+
+    require_binary("redis-server")
+    monkeypatch.setenv("BENCH_NICE", "0")
+    redis = start_redis(None, tmp_path)
+    started = []
+    try:
+        single = start_node("single", None, None, tmp_path)
+        started.append(single)
+        nodes = [start_node(f"node{i}", redis.url, None, tmp_path) for i in (1, 2)]
+        started += nodes
+        assert not [t.error for t in started if t.error]
+
+        def node(t: object) -> dict[str, object]:
+            return {"name": t.name, "url": t.url, "pid": t.server.pid}  # type: ignore[attr-defined]
+
+        spec = {
+            "type": "cluster",
+            "mode": "relay",
+            "url": nodes[0].url,
+            "secret": SECRET,
+            "single": node(single),
+            "nodes": [node(t) for t in nodes],
+            "redis_port": redis.port,
+            "redis_pid": redis.pid,
+            "sessions": 6,
+            "rate": 50,
+            "warmup": 0.2,
+            "window": 0.4,
+            "rounds": 1,
+            "kill": 1,
+            "failover_rate": 20,
+            "jitter": 0.1,
+            "failover_budget": 15,
+            "budget": 90,
+        }
+        r = uvloop.run(loadgen.run_job(spec))
+    finally:
+        for t in started:
+            t.stop()
+        redis.stop()
+    assert r["ok"], r
+    # visitors enter at node i % 2, viewers at (i // 2) % 2: sessions 1, 2 and 5 are redirected
+    assert r["owners_cluster"] == {"node1": 3, "node2": 3} and r["owners_single"] == {"single": 6}
+    assert r["setup_cluster"]["redirects"] == 3 and r["setup_single"]["redirects"] == 0
+    runs = {w["side"]: w for w in r["windows"]}
+    assert set(runs) == {"single", "single-half", "cluster"}
+    assert runs["single-half"]["sessions"] == 3 and runs["cluster"]["sessions"] == 6
+    for w in runs.values():
+        assert w["lost"] == 0 and w["undelivered"] == 0 and w["deliveries"] > 0, w
+        assert sum(n["deliveries"] for n in w["nodes"].values()) == w["deliveries"]
+    assert set(runs["cluster"]["nodes"]) == {"node1", "node2"} and runs["cluster"]["redis_commands"] > 0
+    assert r["redis_steady"]["per_s"] > 0 and "info" not in r["redis_steady"]["by_command_per_s"]
+    assert r["drops_single"] == 0 and r["drops_cluster"] == 0
+    f = r["failover"]
+    assert f["killed"] == "node2" and f["affected"] == 3 and f["watching"] == 3, f
+    assert f["moved_to"] == ["node1"] and f["redispatched"] >= 6  # each visitor and viewer refused by node2 once
+    assert 0 < f["kill_to_watching_ms"]["p50"] <= f["kill_to_watching_ms"]["max"] < 15_000
+
+
+def test_report_orders_scenario_10_after_9_and_shows_only_its_columns() -> None:
+    from bench import report, scenarios
+
+    data = {"scenarios": {k: {"title": f"{k}. x", "rows": []} for k in ("1", "10", "2", "9")}}
+    assert [sc["title"] for sc in report.ordered(data)] == ["1. x", "2. x", "9. x", "10. x"]
+    sc = {
+        "title": "10. Cluster",
+        "columns": ["relay"],
+        "rows": [scenarios.row("10 cluster", "c", "per core, 2 nodes / 1 node", "x", {"relay": 1.0}, "higher")],
+    }
+    text = report.format_scenario(sc)
+    assert "relay" in text and "websockets" not in text and "picows" not in text
+    assert "per core, 2 nodes / 1 node" in report.markdown_table({"scenarios": {"cluster": sc}})
