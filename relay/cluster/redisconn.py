@@ -175,6 +175,12 @@ def _unix(host: str, path: str, query: str, common: dict[str, Any]) -> RedisTarg
 
 
 # --- clients -----------------------------------------------------------------------------
+MAX_CONNECTIONS = 1000
+"""Connections one client may open (per Redis node). redis-py's default pool fails a command
+("Too many connections") rather than wait once its limit is reached; 100, its default, was
+reached when 400 sockets closed at once. The relay also bounds its own background writes."""
+
+
 class _SentinelMaster(aioredis.Redis):
     """The Sentinel master's client; closing it also closes its clients of the sentinels."""
 
@@ -199,6 +205,7 @@ def connect(target: RedisTarget, **options: Any) -> aioredis.Redis | aioredis.Re
     too. ``"cluster"``: a :class:`redis.asyncio.RedisCluster` started from
     every host named.
     """
+    options = {"max_connections": MAX_CONNECTIONS, **options}
     if target.kind == "cluster":
         nodes = [ClusterNode(host, port) for host, port in target.hosts]
         return aioredis.RedisCluster(startup_nodes=nodes, **_auth(target, options))

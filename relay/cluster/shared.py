@@ -43,7 +43,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +171,7 @@ class SharedCluster:
         self.redirects = 0  # sockets sent to the owner (4003)
         self._tasks: list[asyncio.Task[None]] = []
         self._chains: dict[str, asyncio.Task[None]] = {}  # per visitor: location writes in order
+        self._writers = asyncio.Semaphore(64)  # location writes in flight at once
         self._orphans: dict[str, float] = {}  # session id -> monotonic time first seen unowned
         self.reaped_sessions = 0
 
@@ -326,7 +327,10 @@ class SharedCluster:
 
     async def state_of(self, visitor: str) -> tuple[Owner | None, bool]:
         """The visitor's owner (None: no live claim) and whether it has a session somewhere."""
-        owner, live = await self._r.mget([self._k(visitor, "owner"), self._k(visitor, "live")])
+        async with self._r.pipeline(transaction=False) as p:
+            p.get(self._k(visitor, "owner"))
+            p.get(self._k(visitor, "live"))
+            owner, live = await p.execute()
         return _owner(owner), live is not None
 
     async def ended(self, visitors: Iterable[str]) -> None:
@@ -345,33 +349,53 @@ class SharedCluster:
         """The visitor's socket is on this node now (written in the background, in order)."""
         self._chain(visitor, self._arrive(visitor))
 
+    async def arrive(self, visitor: str) -> tuple[Owner | None, bool]:
+        """The visitor's socket is on this node now, written before it is admitted (a viewer
+        arriving next, anywhere, finds it), in order with its earlier departures; in the same
+        round trip, :meth:`state_of`. Raises what Redis raises."""
+        task = self._chain(visitor, self._arrive(visitor), quiet=False)
+        state: tuple[Owner | None, bool] | None = await asyncio.shield(task)
+        assert state is not None
+        return state
+
     def departed(self, visitor: str) -> None:
         self._chain(visitor, self._depart(visitor))
 
-    async def _arrive(self, visitor: str) -> None:
+    async def _arrive(self, visitor: str) -> tuple[Owner | None, bool]:
         async with self._r.pipeline(transaction=False) as p:
             p.set(self._k(visitor, "at"), self.name.encode())
             p.sadd(f"{self._p}:nodevis:{self.name}", visitor)
-            await p.execute()
+            p.get(self._k(visitor, "owner"))  # GETs, not MGET: a cluster pipeline refuses MGET
+            p.get(self._k(visitor, "live"))
+            *_, owner, live = await p.execute()
+        return _owner(owner), live is not None
 
     async def _depart(self, visitor: str) -> None:
         await self._r.eval(_DEL_IF, 1, self._k(visitor, "at"), self.name)
         await self._r.srem(f"{self._p}:nodevis:{self.name}", visitor)
 
-    def _chain(self, visitor: str, write: Any) -> None:
+    def _chain(self, visitor: str, write: Coroutine[Any, Any, Any], quiet: bool = True) -> asyncio.Task[Any]:
+        """Run ``write`` after the visitor's pending location write; ``quiet``: its Redis errors
+        are logged, not raised (a background write)."""
         prev = self._chains.get(visitor)
 
-        async def run() -> None:
+        async def run() -> Any:
             if prev is not None:
                 await asyncio.wait([prev])
             try:
-                await write
+                async with self._writers:
+                    return await write
             except (RedisError, OSError) as e:
+                if not quiet:
+                    raise
                 log.warning("cluster: location of %s not written: %s", visitor, e)
+                return None
 
         task = asyncio.get_running_loop().create_task(run())
         self._chains[visitor] = task
         task.add_done_callback(lambda t: self._chains.pop(visitor, None) if self._chains.get(visitor) is t else None)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: never "never retrieved"
+        return task
 
     # --- per-address limits across nodes ---------------------------------------------------
     async def _limits_loop(self, addresses: AddressLimits) -> None:

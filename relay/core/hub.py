@@ -279,6 +279,7 @@ class Room:
         self.owned = False
         self.lease_until = FOREVER
         self.next_epoch = 0
+        self.fenced = False  # a frame was dropped past the lease: the next claim takes a new epoch
 
     # --- session lifecycle -------------------------------------------------------
     def _new_session(self) -> None:

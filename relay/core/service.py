@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from protocol import (
     KIND_INFO,
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["Service", "ClientInfo", "WatchRequest", "new_short_id"]
 
 log = logging.getLogger("relay.service")
+WRITERS = 64  # background store writes in flight at once
 ASK_TIMEOUT = 1.0  # seconds a node waits for the owner's answer before deciding without it
 LEASE_MARGIN = 0.9  # a claim is served until this share of OWNERSHIP_TTL after its last refresh
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_-]{4,40}$")
@@ -126,6 +127,7 @@ class Service:
         )
         self.visitors: dict[str, Visitor] = {}  # online visitors, by short id
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers = asyncio.Semaphore(WRITERS)
         self.draining = False
         self.counters = {"protocol_errors": 0, "rate_limited": 0, "resyncs_refused": 0}
         self.rates = RateConfig(
@@ -142,9 +144,15 @@ class Service:
 
     # --- background writes ------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(self._bounded(coro))
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    async def _bounded(self, coro: Coroutine[Any, Any, None]) -> None:
+        """At most WRITERS background writes run at once (a burst of closes queues here, not in
+        the store's connection pool)."""
+        async with self._writers:
+            await coro
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -167,8 +175,7 @@ class Service:
 
     async def admit_visitor(self, hello: Hello, link: Link, client: ClientInfo) -> Peer:
         short_id = hello.client_id if _SHORT_ID.match(hello.client_id) else new_short_id()
-        if self.cluster is not None:
-            await self._place(short_id, self._place_visitor)
+        placed = self.cluster is not None and await self._place(short_id, self._place_visitor)
         now = time.time()
         visitor = self.visitors.get(short_id) or await self.store.get_visitor(short_id)
         if visitor is None:
@@ -199,8 +206,8 @@ class Service:
         )
         room.attach_visitor(peer)
         self._spawn(self.store.save_visitor(visitor))
-        if self.cluster is not None:
-            self.cluster.arrived(short_id)
+        if self.cluster is not None and not placed:
+            self.cluster.arrived(short_id)  # placing wrote it already
         return peer
 
     async def admit_viewer(self, hello: Hello, link: Link, client: ClientInfo) -> Peer:
@@ -301,6 +308,7 @@ class Service:
         now = time.monotonic()
         if now > room.lease_until:  # cluster mode: this node's claim lapsed; serve nothing (fencing)
             self.counters["fenced"] += 1
+            room.fenced = True
             return
         if rates is not None:
             over = rates.admit(len(data) > 1 and _SESSION_CLASS[data[1]] == 1, len(data), now)
@@ -451,16 +459,22 @@ class Service:
     # follows the visitor (the node its socket reaches takes over, unless the owner still holds
     # a live socket of it: then the newcomer is a second tab and is sent to the owner).
 
-    async def _place(self, visitor: str, how: Callable[[str], Coroutine[Any, Any, None]]) -> None:
-        """Run one placement for ``visitor`` at a time on this node (``how`` may raise Moved)."""
+    async def _place(self, visitor: str, how: Callable[[str], Coroutine[Any, Any, None]]) -> bool:
+        """Run one placement for ``visitor`` at a time on this node (``how`` may raise Moved);
+        False when this node owns the room already (nothing to place)."""
         lock = self._placing.get(visitor)
         if lock is None:
             lock = self._placing[visitor] = asyncio.Lock()
         try:
             async with lock:
                 room = self.hub.rooms.get(visitor)
-                if room is None or not room.owned:
+                if room is not None and room.owned:
+                    return False
+                try:
                     await how(visitor)
+                except (RedisError, RedisClusterException, OSError) as e:
+                    raise Unavailable(f"the cluster's Redis did not answer ({type(e).__name__}); retry") from None
+                return True
         finally:
             if not lock.locked() and self._placing.get(visitor) is lock:
                 del self._placing[visitor]
@@ -473,8 +487,8 @@ class Service:
         """A visitor socket reached this node: take its session over, or send it to its owner."""
         c = self.cluster
         assert c is not None
-        for _ in range(3):
-            cur, live = await c.state_of(visitor)
+        for attempt in range(3):
+            cur, live = await (c.arrive(visitor) if attempt == 0 else c.state_of(visitor))
             if cur is None and not live:
                 return  # no session anywhere: nothing to own (one round trip for most visitors)
             if cur is not None and cur.node != c.name:
@@ -519,10 +533,15 @@ class Service:
                 continue
             if rec is not None:
                 self._took_over(rec, epoch)
-            else:
-                room = self.hub.room(visitor)
-                room.next_epoch = epoch
-                self._owned(room)
+                return
+            at = await c.located(visitor)  # the visitor may have arrived elsewhere meanwhile
+            if at is not None and at != c.name and await c.alive(at):
+                await c.release(visitor, epoch, ended=True)
+                c.redirects += 1
+                raise Moved(at, await c.url_of(at))
+            room = self.hub.room(visitor)
+            room.next_epoch = epoch
+            self._owned(room)
             return
         raise Unavailable("the session is moving between nodes; retry")
 
@@ -592,15 +611,16 @@ class Service:
         try:
             async with asyncio.timeout(period):
                 results = await c.refresh(leases)
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, OSError, TimeoutError) as e:
+            log.warning("cluster: %d claims not refreshed: %s", len(leases), e or type(e).__name__)
             return  # the deadlines stand; past them the rooms are fenced
         until = t0 + self.settings.ownership_ttl * LEASE_MARGIN
         for room, (visitor, epoch), result in zip(rooms, leases, results, strict=True):
             current = room.epoch if room.state is not None else room.next_epoch
             if not room.owned or current != epoch or self.hub.rooms.get(visitor) is not room:
                 continue  # changed while we asked
-            if result == 1 and t0 <= room.lease_until:
-                room.lease_until = until
+            if result == 1 and (t0 <= room.lease_until or not room.fenced):
+                room.lease_until = until  # still ours; lapsed but nothing was dropped meanwhile: no gap
             elif result == -1:
                 cur = await c.owner_of(visitor)
                 node = cur.node if cur is not None else ""
@@ -618,6 +638,7 @@ class Service:
             self._surrender(room, node, await c.url_of(node) if node else "")
             return
         self._owned(room)
+        room.fenced = False
         if room.state is None:
             room.next_epoch = new
             return

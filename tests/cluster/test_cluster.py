@@ -24,6 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 import protocol as p
+from relay.core.grants import Grant, Signer
 
 from ..conftest import base_env, free_port
 from ..redisprocs import RedisClusterProcs, RedisServer, SentinelGroup
@@ -509,3 +510,27 @@ async def _session_on(a: Node, b: Node, nodes: list[Node], client_id: str) -> tu
     assert (await wpeer.expect(p.DomKeyframe)).data == b"k0"
     await asyncio.sleep(0.3)  # the live state stored
     return vpeer, wpeer, ww
+
+
+def test_a_viewer_arriving_on_another_node_right_after_its_visitor_is_sent_to_the_visitor(
+    two: list[Node],
+) -> None:
+    """The visitor's location is written before its WELCOME: a viewer that reaches the other node
+    the next instant is sent to it (it used to claim the session where it stood and wait)."""
+    a, b = two
+    signer = Signer(SECRET_KEY.encode())
+
+    async def pair(i: int) -> None:
+        client_id = f"RACE{i:06}"
+        vpeer, _ = await Follower(a.ws_base, "visitor", hello_visitor(client_id), origin=ORIGIN).connect()
+        grant = Grant(client_id, "a1", "Ann", ("allow_click",), time.time() + 60)
+        wpeer, ww = await Follower(b.ws_base, "viewer", hello_viewer(signer.grant(grant)), direct=direct(two)).connect()
+        assert ww.node == "node1", ww
+        req = await vpeer.expect(p.SessionRequest)
+        await vpeer.send(p.SessionAccept(session=req.session))
+        await wpeer.expect(p.SessionAccept)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(pair(i) for i in range(20)))
+
+    run(scenario())
