@@ -64,7 +64,7 @@ log = logging.getLogger("relay.cluster")
 BEAT = 1.0  # seconds between heartbeats
 BEAT_TTL_MS = 5000  # a heartbeat's life
 STALE_BEAT = 2.5  # seconds since the last good heartbeat before /health says 503
-REAP_EVERY = 3.0
+REAP_EVERY = 10.0  # seconds between reaping passes at most (half RESUME_WINDOW when that is shorter)
 MAX_SHARED_ADDRESSES = 2000  # addresses a node publishes at most (the heaviest)
 NODE_LOST = "node_lost"
 """``end_reason`` of a session whose node died and to which nobody came back."""
@@ -174,6 +174,7 @@ class SharedCluster:
         self._writers = asyncio.Semaphore(64)  # location writes in flight at once
         self._orphans: dict[str, float] = {}  # session id -> monotonic time first seen unowned
         self.reaped_sessions = 0
+        self.reap_every = min(REAP_EVERY, max(1.0, settings.resume_window / 2))
 
     # --- keys ---------------------------------------------------------------------------
     def _k(self, visitor: str, what: str) -> str:
@@ -437,12 +438,13 @@ class SharedCluster:
     # --- reaping ------------------------------------------------------------------------
     async def _reap_loop(self) -> None:
         while True:
-            await asyncio.sleep(REAP_EVERY)
+            await asyncio.sleep(self.reap_every)
             try:
-                if await self._r.set(f"{self._p}:reaper", self.name.encode(), nx=True, px=int(REAP_EVERY * 3000)) or (
-                    await self._r.get(f"{self._p}:reaper") == self.name.encode()
+                key, hold = f"{self._p}:reaper", int(self.reap_every * 3000)
+                if await self._r.set(key, self.name.encode(), nx=True, px=hold) or (
+                    await self._r.get(key) == self.name.encode()
                 ):
-                    await self._r.pexpire(f"{self._p}:reaper", int(REAP_EVERY * 3000))
+                    await self._r.pexpire(key, hold)
                     await self.reap()
             except (RedisError, OSError, TimeoutError) as e:
                 log.debug("cluster: reaping skipped: %s", e)

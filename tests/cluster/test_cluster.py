@@ -534,3 +534,32 @@ def test_a_viewer_arriving_on_another_node_right_after_its_visitor_is_sent_to_th
         await asyncio.gather(*(pair(i) for i in range(20)))
 
     run(scenario())
+
+
+def test_a_session_whose_node_died_and_to_which_nobody_returns_is_closed_node_lost(
+    tmp_path: Path, redis_own: RedisServer
+) -> None:
+    nodes = start_nodes(tmp_path, 2, redis_own.url, RESUME_WINDOW="2")
+    a, b = nodes
+    try:
+
+        async def scenario() -> str:
+            _, _, ww = await _session(a, nodes, "ORPHAN0001", redis_own)
+            return ww.session
+
+        session = run(scenario())
+        a.stop(signal.SIGKILL, 10)
+
+        def closed() -> dict[str, Any] | None:
+            status, body = rest(b, "GET", "/api/visitors/ORPHAN0001")
+            assert status == 200, body
+            s = body["visitor"]["sessions"][0]
+            return body["visitor"] if s["ended_at"] is not None else None
+
+        visitor = wait_for(closed, 15, "the orphaned session closed")
+        assert [s["id"] for s in visitor["sessions"]] == [session]
+        with redis_own.client() as r:
+            assert r.hget(f"cobrowse:{{ORPHAN0001}}:s:{session}", "end_reason") == b'"node_lost"'
+        wait_for(lambda: rest(b, "GET", "/api/visitors/ORPHAN0001")[1]["visitor"]["is_online"] is False, 10, "offline")
+    finally:
+        stop_nodes(nodes)
