@@ -29,7 +29,7 @@ from relay.core.grants import Grant, Signer
 from ..conftest import base_env, free_port
 from ..redisprocs import RedisClusterProcs, RedisServer, SentinelGroup
 from ..relay.client import rest, run, visitor, wait_for, watch_token
-from .clients import Follower, Hop, status_of
+from .clients import Follower, Hop, report, status_of
 from .harness import ORIGIN, SECRET_KEY, Node, start_nodes, stop_nodes
 
 pytestmark = pytest.mark.cluster
@@ -331,6 +331,9 @@ def test_sentinel_failover_every_node_moves_to_the_new_master_and_says_503_meanw
             assert all(seen_503.values()), seen_503  # never healthy while it could not write
             assert set(back) == {n.name for n in nodes}, (back, seen_503)
             # each node writes its heartbeat to the new master within down-after + 5 s
+            report(
+                "sentinel_failover_s", {"down_after_s": down_after / 1000, **{k: round(v, 2) for k, v in back.items()}}
+            )
             assert max(back.values()) < down_after / 1000 + 5, back
             with group.server(new).client() as r:
                 for n in nodes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
@@ -28,10 +27,9 @@ from websockets.exceptions import ConnectionClosed
 
 import protocol as p
 
-from ..conftest import ROOT
 from ..redisprocs import RedisServer
 from ..relay.client import rest, run, wait_for, watch_token
-from .clients import Follower, status_of
+from .clients import Follower, report, status_of
 from .harness import ORIGIN, Haproxy, Node, start_nodes, stop_nodes
 
 pytestmark = pytest.mark.cluster
@@ -144,14 +142,6 @@ def owner(server: RedisServer) -> str:
     with server.client() as r:
         raw = r.get(f"cobrowse:{{{VISITOR}}}:owner")
     return raw.decode().split(" ")[0] if raw else ""
-
-
-def report(name: str, data: object) -> None:
-    path = ROOT / "build" / "cluster-failover.json"
-    path.parent.mkdir(exist_ok=True)
-    old = json.loads(path.read_text()) if path.exists() else {}
-    old[name] = data
-    path.write_text(json.dumps(old, indent=2) + "\n")
 
 
 async def _watching(seen: list[Seen], since: float, epochs: list[int], limit: float) -> float:
