@@ -1442,14 +1442,19 @@ class Flooder:
 async def flood_main() -> None:
     """``python -m bench.loadgen --flood``: the hostile visitor B in its own process.
 
-    Reads its spec (one JSON line), runs at a lower priority (nice +10 from the
-    parent's) so the measured client A, on the same core, is not starved by it,
+    Reads its spec (one JSON line), runs in the SCHED_IDLE class (and at nice +10)
+    so the measured client A, on the same core, is never delayed by it,
     prints ``FLOODING`` when the first flood frame is out, stops on a ``stop``
     line (or ``max_s``) and prints ``REPORT {json}``.
     """
     spec = json.loads(sys.stdin.readline())
     with contextlib.suppress(OSError):
         os.nice(int(spec.get("nice_add", 10)))
+    if spec.get("idle_class", True) and hasattr(os, "SCHED_IDLE"):
+        # SCHED_IDLE: B runs whenever A (same core) does not want the CPU, and never delays it, so
+        # what A measures is the server under B's flood, not a core shared with B.
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     job = Job(spec)
     fl = Flooder(job)
     try:
