@@ -377,7 +377,7 @@ def test_cluster_job_against_real_nodes(tmp_path: Path, monkeypatch: pytest.Monk
             "sessions": 6,
             "rate": 50,
             "warmup": 0.2,
-            "window": 0.4,
+            "window": 1.1,  # a heartbeat (every second per node) falls in every window
             "rounds": 1,
             "kill": 1,
             "failover_rate": 20,
