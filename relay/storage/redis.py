@@ -19,6 +19,16 @@ Key layout (``P`` is the prefix, ``cobrowse`` by default)::
     P:nonce:NONCE          string  a used grant nonce, expiring when the grant does
     P:code:CODE            string  the short id holding live-session code CODE, expiring with the claim
     P:{SHORT}:code         string  the code SHORT holds, expiring with the claim
+    P:{SHORT}:history      list    that visitor's pageviews (orjson [url, title, at]), newest first,
+                                   trimmed to HISTORY_MAX in the script that pushes one
+    P:idx:visitors         zset    every visitor's short id by last_seen, never trimmed (usage, bulk deletion)
+    P:idx:started          zset    session ids by start time (usage windows)
+    P:idx:length           hash    session id -> seconds (ended - started) of each ended session
+    P:idx:agents           zset    agent ids by the start of their latest session (ZADD GT)
+    P:meeting:ID           hash    one meeting; each field an orjson value
+    P:idx:meetings         zset    meeting ids by created_at
+    P:apikey:ID            hash    one API key; each field an orjson value
+    P:idx:apikeys:KIND     zset    ids of the keys of KIND by created_at
     P:probe                string  what :meth:`RedisStore.ping` writes (100 ms TTL)
 
 One visitor's keys share the hash tag ``{SHORT}``, so they live in one slot
@@ -33,6 +43,24 @@ against the hash before it is acted on. Search never lists keys: it reads
 the recent index page by page (:data:`PAGE` members, their hashes in one
 pipeline) and stops at ``limit`` matches, so a visitor trimmed out of the
 most recent ``recent`` is no longer found (it is still read by its id).
+
+Deleting a visitor is one script in its slot (its hash, sessions, their
+hashes, history and code pointer; it answers the session ids and the code),
+then the global keys by commands of their own: the session pointers, the
+index entries, the code key if it still names the visitor. A crash between
+them leaves index entries that the hashes contradict (ignored, as above) and
+a code key that expires with its claim. The usage figures are counts over
+index score ranges (ZCARD, ZCOUNT); only the seconds read rows: the 30-day
+window of ``P:idx:started``, :data:`USAGE_PAGE` entries a round trip with
+their lengths (HMGET on ``P:idx:length``). The meetings list reads
+``P:idx:meetings`` newest first; unfiltered, just its page (any page), with
+filters the :data:`MEETING_SCAN` most recent meetings at most, :data:`PAGE`
+a round trip (HMGET of the three filtered fields), so a filter never finds
+an older one. Indexes new in this version start empty on a Redis written by
+an older one: ``P:idx:visitors`` holds a visitor once it is saved again, and
+``P:idx:started`` / ``P:idx:length`` / ``P:idx:agents`` hold the sessions
+saved since (the usage windows fill in over 30 days; deleting all offline
+visitors misses those not seen since).
 
 A live-session code is two keys in two slots, so a claim is three commands,
 each atomic on its own key: claim ``P:code:CODE`` (a script: set unless
@@ -61,40 +89,88 @@ import dataclasses
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..cluster.redisconn import connect, parse_redis_url
-from .base import SearchQuery, SessionRecord, Visitor
+from .base import (
+    HISTORY_MAX,
+    MEETING_STATUSES,
+    ApiKey,
+    Meeting,
+    MeetingFilter,
+    Pageview,
+    SearchQuery,
+    SessionRecord,
+    Usage,
+    Visitor,
+    clip_pageview,
+    meeting_page,
+    usage_windows,
+)
 
-__all__ = ["RedisStore", "RECENT", "PAGE"]
+__all__ = ["RedisStore", "RECENT", "PAGE", "MEETING_SCAN", "USAGE_PAGE"]
 
 RECENT = 10_000  # visitors the recent index keeps: what latest_visitors and search can see
-PAGE = 200  # index members read per round trip by search, latest_visitors, open_sessions, expiry
+PAGE = 200  # index members read per round trip by search, latest_visitors, open_sessions, expiry, meetings
+MEETING_SCAN = 10_000  # most recent meetings a filtered meetings list reads at most
+USAGE_PAGE = 1000  # sessions read per round trip for the usage seconds
 T = TypeVar("T")
 
 _VISITOR_FIELDS = tuple(f.name for f in dataclasses.fields(Visitor))
 _SESSION_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
+_MEETING_FIELDS = tuple(f.name for f in dataclasses.fields(Meeting))
+_API_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(ApiKey))
 # Matched by free text (as their orjson text, like the SQLite adapter's JSON columns).
 _TEXT_FIELDS = ("short_id", "unique_id", "identities", "tags", "lookup_code", "last_url")
 
-# KEYS[1] a session hash. End it if it is open; 1 if it was.
+# KEYS[1] a session hash. End it if it is open: its start if it was, nil if not.
 _CLOSE = """
-if redis.call('HGET', KEYS[1], 'ended') ~= 'null' then return 0 end
+if redis.call('HGET', KEYS[1], 'ended') ~= 'null' then return false end
 redis.call('HSET', KEYS[1], 'ended', ARGV[1], 'end_reason', ARGV[2], 'state', '""')
-return 1
+return redis.call('HGET', KEYS[1], 'started')
 """
-# KEYS[1] a visitor hash, KEYS[2] its sessions. Delete it if past ARGV[1], offline and
-# sessionless: 1 deleted, 0 kept, -1 not a candidate any more (has sessions, or gone).
+# KEYS[1] a visitor hash, KEYS[2] its sessions, KEYS[3] its history. Delete it (and its history)
+# if past ARGV[1], offline and sessionless: 1 deleted, 0 kept, -1 not a candidate any more
+# (has sessions, or gone).
 _EXPIRE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local f = redis.call('HMGET', KEYS[1], 'last_seen', 'online')
 if not f[1] then return -1 end
 if f[2] == 'true' or tonumber(f[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
+return 1
+"""
+# KEYS[1] a visitor hash, KEYS[2] its sessions, KEYS[3] its history, KEYS[4] its code pointer;
+# ARGV[1] the prefix of its session hashes (the same slot), ARGV[2] '1' to keep it if online.
+# Delete all of it: {1 | 0 (there was no visitor hash), its code or '', its session ids...};
+# {-1} if kept.
+_DELETE = """
+if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'online') == 'true' then return {-1} end
+local out = {redis.call('EXISTS', KEYS[1]), redis.call('GET', KEYS[4]) or ''}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    redis.call('DEL', ARGV[1] .. id)
+    out[#out + 1] = id
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return out
+"""
+# KEYS[1] a visitor hash, KEYS[2] its history: push ARGV[1] and keep the newest ARGV[2] if the
+# visitor exists. 1 pushed, 0 unknown visitor.
+_PAGEVIEW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+return 1
+"""
+# KEYS[1] an API key hash: revoke it at ARGV[1] unless unknown or revoked. 1 revoked, 0 not.
+_REVOKE = """
+local at = redis.call('HGET', KEYS[1], 'revoked_at')
+if at ~= 'null' then return 0 end
+redis.call('HSET', KEYS[1], 'revoked_at', ARGV[1])
 return 1
 """
 # KEYS[1] a visitor hash: mark it offline if it still exists.
@@ -145,6 +221,19 @@ def _session(raw: Mapping[Any, Any]) -> SessionRecord:
     return s
 
 
+def _meeting(raw: Mapping[Any, Any]) -> Meeting:
+    m = Meeting(**_load(raw, _MEETING_FIELDS))
+    m.starts_at, m.created_at, m.updated_at = float(m.starts_at), float(m.created_at), float(m.updated_at)
+    return m
+
+
+def _api_key(raw: Mapping[Any, Any]) -> ApiKey:
+    k = ApiKey(**_load(raw, _API_KEY_FIELDS))
+    k.created_at = float(k.created_at)
+    k.revoked_at = None if k.revoked_at is None else float(k.revoked_at)
+    return k
+
+
 def _ids(members: Iterable[Any]) -> list[str]:
     """Sorted-set members (bytes from the server) as str."""
     return [m.decode() for m in members]
@@ -183,11 +272,22 @@ class RedisStore:
     included: they wait for those first.
     """
 
-    def __init__(self, url: str, prefix: str = "cobrowse", *, recent: int = RECENT, page: int = PAGE) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "cobrowse",
+        *,
+        recent: int = RECENT,
+        page: int = PAGE,
+        meeting_scan: int = MEETING_SCAN,
+        usage_page: int = USAGE_PAGE,
+    ) -> None:
         """``url`` is any ``REDIS_URL`` form (one server, Sentinel, Redis Cluster); ValueError if malformed.
 
         ``recent`` bounds the recent index (what search and latest see),
-        ``page`` the members read per round trip.
+        ``page`` the members read per round trip, ``meeting_scan`` the
+        meetings a filtered list reads, ``usage_page`` the sessions read per
+        round trip by :meth:`usage`.
         """
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain braces (they make the hash tag)")
@@ -195,6 +295,8 @@ class RedisStore:
         self._p = prefix
         self._recent = recent
         self._page = page
+        self._meeting_scan = meeting_scan
+        self._usage_page = usage_page
         self._r: aioredis.Redis | aioredis.RedisCluster | None = None
         self._tails: dict[str, asyncio.Task[Any]] = {}  # last pending write per visitor/session/code
         self._pending: set[asyncio.Task[Any]] = set()
@@ -220,6 +322,15 @@ class RedisStore:
 
     def _vcode(self, short_id: str) -> str:
         return f"{self._p}:{{{short_id}}}:code"
+
+    def _vhistory(self, short_id: str) -> str:
+        return f"{self._p}:{{{short_id}}}:history"
+
+    def _mkey(self, meeting_id: str) -> str:
+        return f"{self._p}:meeting:{meeting_id}"
+
+    def _kkey(self, key_id: str) -> str:
+        return f"{self._p}:apikey:{key_id}"
 
     @property
     def _redis(self) -> aioredis.Redis | aioredis.RedisCluster:
@@ -266,6 +377,9 @@ class RedisStore:
         self._offline_script = r.register_script(_OFFLINE)
         self._claim_script = r.register_script(_CLAIM)
         self._release_script = r.register_script(_RELEASE)
+        self._delete_script = r.register_script(_DELETE)
+        self._pageview_script = r.register_script(_PAGEVIEW)
+        self._revoke_script = r.register_script(_REVOKE)
         try:
             await r.ping()
         except BaseException:
@@ -312,6 +426,7 @@ class RedisStore:
         async with self._redis.pipeline(transaction=False) as p:
             p.zadd(self._idx("recent"), {sid: seen})
             p.zremrangebyrank(self._idx("recent"), 0, -self._recent - 1)
+            p.zadd(self._idx("visitors"), {sid: seen})
             if v.online:
                 p.zadd(self._idx("online"), {sid: seen})
             else:
@@ -406,10 +521,15 @@ class RedisStore:
         async with self._redis.pipeline(transaction=False) as p:
             p.set(self._spointer(s.id), s.visitor.encode())
             p.zrem(self._idx("nosession"), s.visitor)
+            p.zadd(self._idx("started"), {s.id: s.started})
             if s.ended is None:
                 p.zadd(self._idx("open"), {s.id: s.started})
+                p.hdel(self._idx("length"), s.id)
             else:
                 p.zrem(self._idx("open"), s.id)
+                p.hset(self._idx("length"), s.id, _dump(max(0.0, s.ended - s.started)))
+            for agent in {a["id"] for a in s.agents if a.get("id")}:
+                p.zadd(self._idx("agents"), {agent: s.started}, gt=True)
             await p.execute()
 
     async def _session_keys(self, ids: Sequence[str]) -> list[str | None]:
@@ -450,12 +570,18 @@ class RedisStore:
         if not unique:
             return 0
         await self._settled()  # a pending save of one of them must not reopen it afterwards
-        closed = 0
-        for key in await self._session_keys(unique):
+        lengths: dict[Any, bytes] = {}
+        for sid, key in zip(unique, await self._session_keys(unique), strict=True):
             if key is not None:
-                closed += int(await self._close_script(keys=[key], args=[_dump(ended), _dump(reason)]))
-        await self._redis.zrem(self._idx("open"), *unique)
-        return closed
+                started = await self._close_script(keys=[key], args=[_dump(ended), _dump(reason)])
+                if started is not None:
+                    lengths[sid] = _dump(max(0.0, ended - float(orjson.loads(started))))
+        async with self._redis.pipeline(transaction=False) as p:
+            p.zrem(self._idx("open"), *unique)
+            if lengths:
+                p.hset(self._idx("length"), mapping=lengths)
+            await p.execute()
+        return len(lengths)
 
     async def expire_visitors(self, cutoff: float) -> int:
         """Delete visitors past ``cutoff``, offline, sessionless; candidates from the nosession index.
@@ -473,7 +599,7 @@ class RedisStore:
 
     async def _expire_one(self, short_id: str, cutoff: float) -> int:
         """1 deleted, 0 kept (online or seen since), -1 no candidate any more (dropped from the index)."""
-        keys = [self._vkey(short_id), self._vsessions(short_id)]
+        keys = [self._vkey(short_id), self._vsessions(short_id), self._vhistory(short_id)]
         outcome = int(await self._expire_script(keys=keys, args=[repr(cutoff)]))
         if outcome != 0:
             await self._forget_visitor(short_id, gone=outcome == 1)
@@ -482,7 +608,7 @@ class RedisStore:
     async def _forget_visitor(self, short_id: str, *, gone: bool) -> None:
         """Drop ``short_id`` from the nosession index, and from every index when it was deleted."""
         async with self._redis.pipeline(transaction=False) as p:
-            for name in ("nosession", "recent", "online") if gone else ("nosession",):
+            for name in ("nosession", "recent", "online", "visitors") if gone else ("nosession",):
                 p.zrem(self._idx(name), short_id)
             await p.execute()
 
@@ -525,3 +651,210 @@ class RedisStore:
         visitor = await self._redis.getdel(self._ckey(code))
         if visitor is not None:
             await self._release_script(keys=[self._vcode(_str(visitor))], args=[code])
+
+    # --- the cloud API: deleting visitors, usage, history --------------------------------
+    async def delete_visitor(self, short_id: str) -> bool:
+        """The deletion script in the visitor's slot, then the global keys (the module's docstring)."""
+        await self._settled()  # pending writes of it (its sessions' included) land first
+        keys = (f"v:{short_id}", f"codeof:{short_id}")
+        return await asyncio.shield(self._submit(keys, partial(self._delete, short_id, False))) == 1
+
+    async def _delete(self, short_id: str, only_offline: bool) -> int:
+        """1 deleted, 0 no visitor hash (its other keys deleted all the same), -1 kept (online)."""
+        keys = [self._vkey(short_id), self._vsessions(short_id), self._vhistory(short_id), self._vcode(short_id)]
+        args = [self._skey(short_id, ""), "1" if only_offline else "0"]
+        status, *rest = await self._delete_script(keys=keys, args=args)
+        if int(status) == -1:
+            return -1
+        code, ids = rest[0], _ids(rest[1:])
+        async with self._redis.pipeline(transaction=False) as p:
+            for name in ("recent", "online", "nosession", "visitors"):
+                p.zrem(self._idx(name), short_id)
+            for at in range(0, len(ids), self._page):
+                chunk = ids[at : at + self._page]
+                for i in chunk:
+                    p.delete(self._spointer(i))
+                p.zrem(self._idx("open"), *chunk)
+                p.zrem(self._idx("started"), *chunk)
+                p.hdel(self._idx("length"), *chunk)
+            await p.execute()
+        if code := _str(code):
+            await self._release_script(keys=[self._ckey(code)], args=[short_id])
+        return int(status)
+
+    async def delete_offline_visitors(self, batch: int) -> int:
+        """Walk ``P:idx:visitors`` from the least recently seen, :data:`PAGE` a round trip.
+
+        Each candidate is checked offline and deleted by one script in its
+        slot; online ones stay in the index and are stepped over (the walk
+        reads past them on every call).
+        """
+        if batch <= 0:
+            return 0
+        await self._settled()
+        index, deleted, offset = self._idx("visitors"), 0, 0
+        while deleted < batch and (ids := _ids(await self._redis.zrange(index, offset, offset + self._page - 1))):
+            for i in ids:
+                keys = (f"v:{i}", f"codeof:{i}")
+                outcome = await asyncio.shield(self._submit(keys, partial(self._delete, i, True)))
+                offset += outcome == -1  # kept: stays in the index, ahead of the next page
+                deleted += outcome == 1
+                if deleted >= batch:
+                    break
+        return deleted
+
+    async def usage(self, now: float, day_start: float | None = None) -> Usage:
+        """Counts over index score ranges in one round trip, then the seconds (:meth:`_seconds`)."""
+        await self._settled()
+        w = usage_windows(now, day_start)
+        visitors, online, agents, started = (self._idx(n) for n in ("visitors", "online", "agents", "started"))
+        async with self._redis.pipeline(transaction=False) as p:
+            p.zcard(online)
+            for since in (w["day"], w["month"]):  # seen since, or online (last seen before)
+                p.zcount(visitors, since, "+inf")
+                p.zcount(online, "-inf", f"({since!r}")
+            for since in (w["today"], w["month"]):
+                p.zcount(agents, since, "+inf")
+            p.zcard(self._idx("open"))
+            for since in (w["today"], w["month"]):
+                p.zcount(started, since, "+inf")
+            n = [int(x) for x in await p.execute()]
+        today, month = await self._seconds(now, w["today"], w["month"])
+        return Usage(
+            visitors_online_now=n[0],
+            visitors_last_24_hrs=n[1] + n[2],
+            visitors_last_30_days=n[3] + n[4],
+            agents_today=n[5],
+            agents_last_30_days=n[6],
+            session_counts_now=n[7],
+            session_counts_today=n[8],
+            session_counts_last_30_days=n[9],
+            session_seconds_today=round(today),
+            session_seconds_last_30_days=round(month),
+        )
+
+    async def _seconds(self, now: float, today: float, month: float) -> tuple[float, float]:
+        """Seconds of the sessions started since ``today`` and since ``month``.
+
+        Reads ``P:idx:started`` by rank from the first start in the month,
+        ``usage_page`` sessions a round trip and their lengths (one HMGET);
+        a session without a length is open: ``now - started``.
+        """
+        index = self._idx("started")
+        rank = int(await self._redis.zcount(index, "-inf", f"({month!r}"))
+        in_today = in_month = 0.0
+        while rows := cast(
+            list[tuple[bytes, float]],
+            await self._redis.zrange(index, rank, rank + self._usage_page - 1, withscores=True),
+        ):
+            rank += len(rows)
+            lengths = await self._redis.hmget(self._idx("length"), [m for m, _ in rows])
+            for (_, start), length in zip(rows, lengths, strict=True):
+                if start < month:
+                    continue  # ranks moved under the walk
+                seconds = max(0.0, now - start) if length is None else float(orjson.loads(length))
+                in_month += seconds
+                in_today += seconds if start >= today else 0.0
+        return in_today, in_month
+
+    async def add_pageview(self, short_id: str, url: str, title: str, at: float) -> bool:
+        """One script in the visitor's slot: pushed only if its hash exists, trimmed to HISTORY_MAX."""
+        url, title = clip_pageview(url, title)
+        push = partial(self._push_pageview, short_id, _dump([url, title, at]))
+        return await asyncio.shield(self._submit((f"v:{short_id}",), push))
+
+    async def _push_pageview(self, short_id: str, item: bytes) -> bool:
+        keys = [self._vkey(short_id), self._vhistory(short_id)]
+        return bool(await self._pageview_script(keys=keys, args=[item, HISTORY_MAX]))
+
+    async def history(self, short_id: str, limit: int) -> list[Pageview]:
+        await self._settled(f"v:{short_id}")
+        if limit <= 0:
+            return []
+        items = await self._redis.lrange(self._vhistory(short_id), 0, limit - 1)
+        return [Pageview(url, title, float(at)) for url, title, at in map(orjson.loads, items)]
+
+    # --- meetings --------------------------------------------------------------------------
+    async def save_meeting(self, m: Meeting) -> None:
+        """The meeting's hash, then its entry in ``P:idx:meetings`` (two commands, two slots)."""
+        if m.status not in MEETING_STATUSES:
+            raise ValueError(f"meeting status {m.status!r}: not one of {', '.join(MEETING_STATUSES)}")
+        snapshot = Meeting(**orjson.loads(orjson.dumps(dataclasses.asdict(m))))
+        await asyncio.shield(self._submit((f"m:{m.id}",), partial(self._put_meeting, snapshot)))
+
+    async def _put_meeting(self, m: Meeting) -> None:
+        async with self._redis.pipeline(transaction=False) as p:
+            p.hset(self._mkey(m.id), mapping=_fields(m, _MEETING_FIELDS))
+            p.zadd(self._idx("meetings"), {m.id: m.created_at})
+            await p.execute()
+
+    async def get_meeting(self, meeting_id: str) -> Meeting | None:
+        await self._settled(f"m:{meeting_id}")
+        raw = await self._redis.hgetall(self._mkey(meeting_id))
+        return _meeting(raw) if raw else None
+
+    async def list_meetings(self, filters: Sequence[MeetingFilter], page: int, per: int) -> tuple[list[Meeting], int]:
+        """Unfiltered: ZCARD and the page's range of the index. Filtered: at most the ``meeting_scan`` most recent.
+
+        The scan reads :data:`PAGE` index members a round trip and their
+        three filtered fields (HMGET), then the page's hashes; the total
+        counts the matches among the meetings scanned.
+        """
+        skip, per = meeting_page(page, per)
+        await self._settled()
+        index = self._idx("meetings")
+        if not filters:
+            total = int(await self._redis.zcard(index))
+            ids = _ids(await self._redis.zrevrange(index, skip, skip + per - 1))
+        else:
+            total, ids = 0, []
+            for start in range(0, self._meeting_scan, self._page):
+                stop = min(start + self._page, self._meeting_scan) - 1
+                scanned = _ids(await self._redis.zrevrange(index, start, stop))
+                async with self._redis.pipeline(transaction=False) as p:
+                    for i in scanned:
+                        p.hmget(self._mkey(i), ["user", "status", "starts_at"])
+                    fields = await p.execute()
+                for i, (user, status, starts_at) in zip(scanned, fields, strict=True):
+                    if user is None:
+                        continue  # a stale entry: the hash is the truth
+                    m = Meeting(i, orjson.loads(user), float(orjson.loads(starts_at)), "", orjson.loads(status))
+                    if all(f.matches(m) for f in filters):
+                        if skip <= total < skip + per:
+                            ids.append(i)
+                        total += 1
+                if len(scanned) < stop - start + 1:
+                    break
+        return [_meeting(raw) for raw in await self._hgetall_many(map(self._mkey, ids)) if raw], total
+
+    # --- API keys ----------------------------------------------------------------------------
+    async def save_api_key(self, k: ApiKey) -> None:
+        """The key's hash, then its entry in its kind's index (two commands, two slots)."""
+        snapshot = dataclasses.replace(k)
+        await asyncio.shield(self._submit((f"k:{k.id}",), partial(self._put_api_key, snapshot)))
+
+    async def _put_api_key(self, k: ApiKey) -> None:
+        async with self._redis.pipeline(transaction=False) as p:
+            p.hset(self._kkey(k.id), mapping=_fields(k, _API_KEY_FIELDS))
+            p.zadd(self._idx(f"apikeys:{k.kind}"), {k.id: k.created_at})
+            await p.execute()
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        await self._settled(f"k:{key_id}")
+        raw = await self._redis.hgetall(self._kkey(key_id))
+        return _api_key(raw) if raw else None
+
+    async def list_api_keys(self, kind: str) -> list[ApiKey]:
+        """The kind's index newest first, :data:`PAGE` a round trip; each key's hash decides (its kind, its being)."""
+        await self._settled()
+        index, out, start = self._idx(f"apikeys:{kind}"), [], 0
+        while ids := _ids(await self._redis.zrevrange(index, start, start + self._page - 1)):
+            start += len(ids)
+            keys = [_api_key(raw) for raw in await self._hgetall_many(map(self._kkey, ids)) if raw]
+            out += [k for k in keys if k.kind == kind]
+        return out
+
+    async def revoke_api_key(self, key_id: str, at: float) -> bool:
+        """One script on the key's hash: revoked unless unknown or revoked already."""
+        revoke = partial(self._revoke_script, keys=[self._kkey(key_id)], args=[_dump(at)])
+        return bool(await asyncio.shield(self._submit((f"k:{key_id}",), revoke)))

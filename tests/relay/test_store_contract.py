@@ -26,7 +26,20 @@ from redis.exceptions import RedisError
 
 from relay.settings import Settings
 from relay.storage import open_storage
-from relay.storage.base import SessionRecord, Store, Visitor, parse_search
+from relay.storage.base import (
+    HISTORY_MAX,
+    MEETINGS_PER_MAX,
+    PAGEVIEW_TITLE_MAX,
+    PAGEVIEW_URL_MAX,
+    ApiKey,
+    Meeting,
+    MeetingFilter,
+    Pageview,
+    SessionRecord,
+    Store,
+    Visitor,
+    parse_search,
+)
 from relay.storage.redis import RedisStore
 from relay.storage.sqlite import SqliteStore
 
@@ -190,7 +203,7 @@ def test_concurrent_uses_of_one_nonce_admit_exactly_one(open_store: Any) -> None
         results = await asyncio.gather(*(store.use_nonce("shared", exp) for _ in range(20)))
         assert sorted(results) == [False] * 19 + [True]
         later = await asyncio.gather(store.use_nonce("shared", exp), store.use_nonce("fresh", exp))
-        assert later == [False, True]
+        assert list(later) == [False, True]
 
     open_store(body)
 
@@ -374,6 +387,292 @@ def test_concurrent_claims_of_one_code_admit_exactly_one_visitor(open_store: Any
     open_store(body)
 
 
+# --- the cloud API: history, deleting visitors, usage ---------------------------------------
+MIDNIGHT = 1_700_006_400.0  # a UTC midnight (2023-11-15)
+NOW = MIDNIGHT + 7200  # "now" for the usage windows: 02:00 UTC
+DAY = 86400.0
+
+
+def test_history_keeps_the_newest_pageviews_newest_first_and_only_for_known_visitors(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        assert await store.add_pageview("NOBODY", "https://x/", "X", 1.0) is False
+        assert await store.history("NOBODY", 10) == []
+        await store.save_visitor(Visitor("H", first_seen=1, last_seen=1))
+        for i in range(HISTORY_MAX + 5):
+            assert await store.add_pageview("H", f"https://x/{i}", f"page {i}", 100.0 + i) is True
+        got = await store.history("H", 1000)
+        assert len(got) == HISTORY_MAX  # the 5 oldest were dropped
+        assert got[0] == Pageview("https://x/204", "page 204", 304.0)
+        assert got[-1] == Pageview("https://x/5", "page 5", 105.0)
+        assert [p.url for p in await store.history("H", 2)] == ["https://x/204", "https://x/203"]
+        assert await store.history("H", 0) == []
+        long_url = "https://x/" + "a" * 5000
+        assert await store.add_pageview("H", long_url, "t" * 1000, 400.0)
+        (top,) = await store.history("H", 1)
+        assert (top.url, top.title) == (long_url[:PAGEVIEW_URL_MAX], "t" * PAGEVIEW_TITLE_MAX)
+        pending = asyncio.gather(
+            store.save_visitor(Visitor("NEW", first_seen=1, last_seen=1)),
+            store.add_pageview("NEW", "https://x/new", "New", 2.0),
+        )
+        assert list(await pending) == [None, True]  # the visitor's pending save lands first
+
+    open_store(body)
+
+
+def test_expiry_takes_the_visitors_history_along(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        await store.save_visitor(Visitor("GONE", first_seen=1, last_seen=10))
+        assert await store.add_pageview("GONE", "https://x/", "X", 10.0)
+        assert await store.expire_visitors(100.0) == 1
+        await store.save_visitor(Visitor("GONE", first_seen=200, last_seen=200))  # it comes back: a new visitor
+        assert await store.history("GONE", 10) == []
+
+    open_store(body)
+
+
+def test_deleting_a_visitor_removes_all_of_it_and_nothing_else(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        exp = time.time() + 60
+        for sid, agent in (("DEL", "a3"), ("KEEP", "a2")):
+            await store.save_visitor(Visitor(sid, identities=["Ann"], first_seen=1, last_seen=NOW - 10, online=True))
+            await store.save_session(_open(f"{sid}-open", sid, NOW - 100))
+            done = SessionRecord(f"{sid}-done", sid, agents=[{"id": agent, "name": "B"}], started=NOW - 500)
+            done.ended = NOW - 400
+            await store.save_session(done)
+            assert await store.add_pageview(sid, "https://x/", "X", NOW - 50)
+        assert await store.save_code("123456789", "DEL", exp)
+        assert await store.save_code("987654321", "KEEP", exp)
+
+        assert await store.delete_visitor("DEL") is True
+        assert await store.get_visitor("DEL") is None
+        assert await store.sessions_for("DEL", 10) == []
+        assert await store.get_session("DEL-open") is None and await store.get_session("DEL-done") is None
+        assert await store.history("DEL", 10) == []
+        assert await store.code_of("DEL") is None and await store.visitor_of_code("123456789") is None
+        assert [s.id for s in await store.open_sessions()] == ["KEEP-open"]
+        assert [v.short_id for v in await store.latest_visitors(10)] == ["KEEP"]
+        assert [v.short_id for v in await store.search_visitors(parse_search("ann"), 10)] == ["KEEP"]
+        u = await store.usage(NOW)
+        assert (u.visitors_online_now, u.visitors_last_24_hrs, u.session_counts_now) == (1, 1, 1)
+        assert (u.session_counts_last_30_days, u.session_seconds_last_30_days) == (2, 100 + 100)
+        assert u.agents_last_30_days == 3  # a1, a2, and a3: an agent's activity outlives the visitor
+
+        assert await store.get_visitor("KEEP") is not None
+        assert [s.id for s in await store.sessions_for("KEEP", 10)] == ["KEEP-open", "KEEP-done"]
+        assert len(await store.history("KEEP", 10)) == 1
+        assert await store.code_of("KEEP") == "987654321"
+
+        assert await store.delete_visitor("DEL") is False  # unknown now
+        assert await store.save_code("123456789", "OTHER", exp)  # its code was released
+        await store.save_session(SessionRecord("orphan", "GHOST", started=NOW - 5, ended=NOW - 1))
+        assert await store.delete_visitor("GHOST") is False  # no visitor row, but its sessions go
+        assert await store.get_session("orphan") is None
+
+    open_store(body)
+
+
+def test_deleting_offline_visitors_goes_in_batches_and_never_deletes_an_online_one(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        for i in range(2):  # seen before the offline ones: the walk steps over them first
+            await store.save_visitor(Visitor(f"ON{i}", first_seen=1, last_seen=NOW - 5000 + i, online=True))
+            await store.save_session(_open(f"on{i}", f"ON{i}", NOW - 5000))
+        for i in range(5):
+            await store.save_visitor(Visitor(f"OFF{i}", first_seen=1, last_seen=NOW - 1000 + i))
+        await store.save_session(SessionRecord("s-off", "OFF0", started=NOW - 2000, ended=NOW - 1900))
+        assert await store.add_pageview("OFF0", "https://x/", "X", NOW - 1000)
+        assert await store.delete_offline_visitors(2) == 2
+        assert await store.get_visitor("OFF0") is None and await store.get_visitor("OFF1") is None  # oldest first
+        assert await store.get_session("s-off") is None and await store.history("OFF0", 5) == []
+        assert await store.get_visitor("OFF2") is not None
+        assert [await store.delete_offline_visitors(2) for _ in range(3)] == [2, 1, 0]
+        assert await store.delete_offline_visitors(0) == 0
+        assert [v.short_id for v in await store.latest_visitors(10)] == ["ON1", "ON0"]
+        assert [s.id for s in await store.open_sessions()] == ["on0", "on1"]
+
+    open_store(body)
+
+
+def test_usage_counts_each_window_from_controlled_timestamps(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        visitors = {  # short id: (last_seen, online)
+            "ON_OLD": (NOW - 40 * DAY, True),  # online counts in every window, however long ago it was seen
+            "ON_NEW": (NOW - 60, True),
+            "HOUR": (NOW - 3600, False),
+            "DAYS2": (NOW - 2 * DAY, False),
+            "EDGE": (NOW - 30 * DAY, False),  # a window's start is in it
+            "OLD": (NOW - 31 * DAY, False),
+        }
+        for sid, (seen, online) in visitors.items():
+            await store.save_visitor(Visitor(sid, first_seen=1, last_seen=seen, online=online))
+
+        def s(sid: str, started: float, length: float | None, *agents: str) -> SessionRecord:
+            ended = None if length is None else started + length
+            return SessionRecord(sid, "HOUR", [{"id": a, "name": a} for a in agents], started=started, ended=ended)
+
+        for rec in (
+            s("open", NOW - 600, None, "a1"),  # open: 600 s so far
+            s("today", NOW - 1800, 600, "a2"),
+            s("at2h", NOW - 7200, 200, "a3"),  # at UTC midnight: today by default, not from NOW - 3600
+            s("10d", NOW - 10 * DAY, 1000, "a1", "a4"),
+            s("40d", NOW - 40 * DAY, 5000, "a5"),
+            s("closed", NOW - 300, None, "a2"),
+        ):
+            await store.save_session(rec)
+        assert await store.close_sessions(["closed"], NOW - 100, "visitor_gone") == 1  # 200 s
+
+        u = await store.usage(NOW, day_start=NOW - 3600)
+        assert (u.visitors_online_now, u.visitors_last_24_hrs, u.visitors_last_30_days) == (2, 3, 5)
+        assert (u.agents_today, u.agents_last_30_days) == (2, 4)
+        assert (u.session_counts_now, u.session_counts_today, u.session_counts_last_30_days) == (1, 3, 5)
+        assert (u.session_seconds_today, u.session_seconds_last_30_days) == (600 + 600 + 200, 1400 + 200 + 1000)
+        d = await store.usage(NOW)  # "today" from UTC midnight
+        assert (d.agents_today, d.session_counts_today, d.session_seconds_today) == (3, 4, 1600)
+        assert d.as_json() == {
+            "visitors": {"online_now": 2, "last_24_hrs": 3, "last_30_days": 5},
+            "agents": {"today": 3, "last_30_days": 4},
+            "session_counts": {"now": 1, "today": 4, "last_30_days": 5},
+            "session_seconds": {"today": 1600, "last_30_days": 2600},
+        }
+        later = await store.usage(NOW + 100)  # the open session grows
+        assert later.session_seconds_last_30_days == 2700 and later.visitors_online_now == 2
+
+    open_store(body)
+
+
+# --- meetings (CoClick) ------------------------------------------------------------------------
+def _email(name: str, domain: str = "example.com") -> str:
+    return f"{name}{chr(64)}{domain}"
+
+
+def _meeting(n: int, user: str = "", status: str = "scheduled", starts_at: float = 0.0) -> Meeting:
+    user = user or _email("someone")
+    return Meeting(f"{n:064x}", user, starts_at or 5000.0 + n, "https://shop.example/", status, created_at=1000.0 + n)
+
+
+def test_a_meeting_reads_back_whole_and_updates_in_place(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        m = Meeting(
+            id="c3d9f69827eef8a25eedc920f1950a0ab9b3f6c9a0bfdca1111dff277a2d7694",
+            user=_email("phil", "coclick.io"),
+            starts_at=1635596973.0,
+            cobrowsing_url="http://www.coclick.io",
+            cobrowsing_cookies_data=[{"domain": ".coclick.io", "name": "sid", "value": "x"}],
+            custom_data={"user_id": 17, "username": "Phil"},
+            presenter_waiting_room_iframe_url="https://www.youtube.com/embed/dQw4w9WgXcQ",
+            created_at=100.0,
+            updated_at=100.0,
+        )
+        await store.save_meeting(m)
+        assert await store.get_meeting(m.id) == m
+        m.status, m.duration, m.custom_data, m.updated_at = "in_progress", 30, None, 200.0
+        await store.save_meeting(m)
+        assert await store.get_meeting(m.id) == m
+        assert await store.list_meetings([], 1, 20) == ([m], 1)
+        assert await store.get_meeting("0" * 64) is None
+        with pytest.raises(ValueError, match="status"):
+            await store.save_meeting(_meeting(1, status="done"))
+
+    open_store(body)
+
+
+def test_meetings_list_newest_first_in_pages_with_the_total(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        made = [_meeting(n) for n in range(MEETINGS_PER_MAX + 5)]
+        for at in range(0, len(made), 15):  # 15 at once (100 or more left a Sentinel client's sockets open)
+            await asyncio.gather(*map(store.save_meeting, made[at : at + 15]))
+
+        async def page(p: int, per: int) -> tuple[list[int], int]:
+            got, total = await store.list_meetings([], p, per)
+            return [int(m.id, 16) for m in got], total
+
+        assert await page(1, 10) == (list(range(104, 94, -1)), 105)
+        assert await page(11, 10) == ([4, 3, 2, 1, 0], 105)
+        assert await page(12, 10) == ([], 105)
+        assert len((await store.list_meetings([], 1, 1000))[0]) == MEETINGS_PER_MAX
+        tie = [_meeting(200), _meeting(201)]
+        for m in tie:
+            m.created_at = 9999.0
+            await store.save_meeting(m)
+        assert await page(1, 3) == ([201, 200, 104], 107)  # one created_at: by id, descending
+        for p, per in ((0, 10), (1, 0)):
+            with pytest.raises(ValueError):
+                await store.list_meetings([], p, per)
+
+    open_store(body)
+
+
+def test_meetings_filters_each_predicate_and_their_conjunction(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        for m in (
+            _meeting(1, _email("Hugh.Grant"), "scheduled", 5000.0),
+            _meeting(2, _email("ann"), "in_progress", 6000.0),
+            _meeting(3, _email("hugh"), "closed", 7000.0),
+            _meeting(4, _email("bob"), "cancelled", 8000.0),
+            _meeting(5, _email("HUGH"), "scheduled", 9000.0),
+            _meeting(6, _email("Élodie"), "scheduled", 9500.0),
+        ):
+            await store.save_meeting(m)
+
+        async def ids(*preds: tuple[Any, Any, Any], page: int = 1, per: int = 20) -> tuple[list[int], int]:
+            got, total = await store.list_meetings([MeetingFilter(*p) for p in preds], page, per)
+            return [int(m.id, 16) for m in got], total
+
+        assert await ids(("user_email", "cont", "HUGH")) == ([5, 3, 1], 3)  # case-insensitive substring
+        assert await ids(("user_email", "cont", "élodie")) == ([6], 1)  # beyond ASCII
+        assert await ids(("user_email", "cont", "%")) == ([], 0)  # no wildcard
+        assert await ids(("status", "eq", "scheduled")) == ([6, 5, 1], 3)
+        assert await ids(("status", "gt", "in_progress")) == ([4, 3], 2)  # the API's order of statuses
+        assert await ids(("status", "lt", "closed")) == ([6, 5, 2, 1], 4)
+        assert await ids(("starts_at", "eq", 7000.0)) == ([3], 1)
+        assert await ids(("starts_at", "gt", 7000)) == ([6, 5, 4], 3)
+        assert await ids(("starts_at", "lt", 6000.0)) == ([1], 1)
+        hugh_scheduled = (("user_email", "cont", "hugh"), ("status", "eq", "scheduled"))
+        assert await ids(*hugh_scheduled) == ([5, 1], 2)
+        assert await ids(*hugh_scheduled, ("starts_at", "gt", 5000.0)) == ([5], 1)
+        assert await ids(("user_email", "cont", "example"), page=2, per=2) == ([4, 3], 6)
+        assert await ids(("user_email", "cont", "example"), page=4, per=2) == ([], 6)
+        for bad in (
+            ("status", "cont", "sched"),
+            ("status", "eq", "done"),
+            ("user_email", "eq", _email("hugh")),
+            ("starts_at", "gt", "tomorrow"),
+            ("starts_at", "gt", True),
+            ("created_at", "eq", 1.0),
+        ):
+            with pytest.raises(ValueError):
+                MeetingFilter(*bad)
+
+    open_store(body)
+
+
+# --- API keys ----------------------------------------------------------------------------------
+def test_api_keys_read_back_by_kind_and_revoked_ones_read_back_revoked(open_store: Any) -> None:
+    async def body(store: Store) -> None:
+        k1 = ApiKey("e89b3a", "coclick", "hash-1", name="CRM", company="MyCompany", created_at=10.0)
+        k2 = ApiKey("f00d42", "coclick", "hash-2", created_at=20.0)
+        reg = ApiKey("reg1", "registration", "hash-3", name="kiosks", created_at=15.0)
+        for k in (k1, k2, reg):
+            await store.save_api_key(k)
+        assert await store.get_api_key("e89b3a") == k1
+        assert await store.get_api_key("nope") is None
+        assert await store.list_api_keys("coclick") == [k2, k1]
+        assert await store.list_api_keys("registration") == [reg]
+        assert await store.list_api_keys("other") == []
+        assert await store.revoke_api_key("e89b3a", 30.0) is True
+        assert await store.revoke_api_key("e89b3a", 40.0) is False  # the first revocation stays
+        assert await store.revoke_api_key("nope", 40.0) is False
+        got = await store.get_api_key("e89b3a")
+        assert got is not None and got.revoked_at == 30.0 and got.secret_hash == "hash-1"
+        assert [(k.id, k.revoked_at) for k in await store.list_api_keys("coclick")] == [
+            ("f00d42", None),
+            ("e89b3a", 30.0),
+        ]
+        pending = asyncio.gather(store.save_api_key(ApiKey("new", "coclick", "h")), store.revoke_api_key("new", 5.0))
+        assert list(await pending) == [None, True]  # the pending save lands first
+
+    open_store(body)
+
+
 # --- SQLite only: databases made by an older version ------------------------------------
 _FIRST_SCHEMA = """
 CREATE TABLE visitors (
@@ -406,6 +705,8 @@ def test_sqlite_adds_the_new_columns_to_an_older_database_and_keeps_its_rows(tmp
             try:
                 open1, *new = await store.open_sessions()
                 assert [s.id for s in new] == (["new1"] if again else [])
+                # agents (a table added since) filled from the old sessions: "1"; then new1's "a1"
+                assert (await store.usage(30.0)).agents_last_30_days == (2 if again else 1)
                 assert (open1.id, open1.agents, open1.went_live, open1.features_used) == (
                     "open1", [{"id": "1", "name": "A"}], True, ["click"],
                 )  # fmt: skip
@@ -417,6 +718,14 @@ def test_sqlite_adds_the_new_columns_to_an_older_database_and_keeps_its_rows(tmp
                 await store.save_session(s)
                 assert await store.get_session("new1") == s
                 assert await store.save_code(f"55555555{again:d}", "V", time.time() + 60)  # the new table
+                # the other tables added since
+                await store.save_visitor(Visitor("V", first_seen=1, last_seen=1))
+                assert await store.add_pageview("V", "https://x/", "X", 1.0)
+                assert len(await store.history("V", 10)) == (2 if again else 1)
+                await store.save_meeting(_meeting(int(again)))
+                assert (await store.list_meetings([], 1, 10))[1] == (2 if again else 1)
+                await store.save_api_key(ApiKey(f"k{again:d}", "coclick", "h"))
+                assert len(await store.list_api_keys("coclick")) == (2 if again else 1)
             finally:
                 await store.close()
 
@@ -614,6 +923,102 @@ def test_redis_store_on_a_sentinel_url_follows_a_failover(tmp_path: Path) -> Non
 
         pings, errors = _redis(group.url, body)
         assert False in pings or errors, (pings, errors)
+
+
+def _dump_keys(r: Any) -> dict[str, Any]:
+    """Every key of a test server and what it holds (members of sets, fields of hashes)."""
+    out: dict[str, Any] = {}
+    for key in r.keys("*"):
+        kind = r.type(key).decode()
+        if kind == "zset":
+            out[key.decode()] = {m.decode() for m in r.zrange(key, 0, -1)}
+        elif kind == "hash":
+            out[key.decode()] = {f.decode() for f in r.hkeys(key)}
+        elif kind == "list":
+            out[key.decode()] = r.lrange(key, 0, -1)
+        else:
+            out[key.decode()] = r.get(key)
+    return out
+
+
+@pytest.mark.cluster
+def test_redis_deleting_a_visitor_leaves_no_key_and_no_index_entry_of_it(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    exp = time.time() + 60
+
+    async def body(store: RedisStore) -> None:
+        for sid in ("AB12CD", "OTHER"):
+            await store.save_visitor(Visitor(sid, first_seen=1, last_seen=2, online=sid == "OTHER"))
+            await store.save_session(_open(f"{sid}-1", sid, 10.0))
+            await store.save_session(SessionRecord(f"{sid}-2", sid, started=1.0, ended=2.0))
+            assert await store.add_pageview(sid, "https://x/", "X", 3.0)
+        assert await store.save_code("123456789", "AB12CD", exp)
+        with redis_server.client() as r:
+            own = sorted(k.decode() for k in r.keys("*{AB12CD}*"))
+            assert "cobrowse:{AB12CD}:history" in own and "cobrowse:{AB12CD}:code" in own
+            assert {key_slot(k.encode()) for k in own} == {key_slot(b"AB12CD")}
+            before = _dump_keys(r)
+            r.config_resetstat()
+        assert await store.delete_visitor("AB12CD") is True
+        with redis_server.client() as r:
+            stats = r.info("commandstats")
+            after = _dump_keys(r)
+        assert not {"cmdstat_keys", "cmdstat_scan"} & set(stats), stats
+        gone = {"AB12CD", "AB12CD-1", "AB12CD-2"}
+        assert not [k for k in after if any(g in k for g in gone)], after
+        assert not [k for k, held in after.items() if isinstance(held, set) and held & gone], after
+        assert "cobrowse:code:123456789" not in after and "cobrowse:session:AB12CD-1" not in after
+        assert {k for k in before if "OTHER" in k} <= set(after)  # the other visitor's keys stay
+
+    _redis(redis_url, body)
+
+
+@pytest.mark.cluster
+def test_redis_a_filtered_meetings_list_reads_at_most_the_scan_bound_in_pages(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    async def body(store: RedisStore) -> None:
+        for n in range(8):
+            await store.save_meeting(_meeting(n))
+        with redis_server.client() as r:
+            r.config_resetstat()
+        got, total = await store.list_meetings([MeetingFilter("status", "eq", "scheduled")], 1, 20)
+        assert ([int(m.id, 16) for m in got], total) == ([7, 6, 5, 4, 3], 5)  # the 5 most recent only
+        with redis_server.client() as r:
+            stats = r.info("commandstats")
+        assert not {"cmdstat_keys", "cmdstat_scan"} & set(stats), stats
+        assert stats["cmdstat_zrevrange"]["calls"] == 3  # pages of 2, 2 and 1
+        assert stats["cmdstat_hmget"]["calls"] == 5 and stats["cmdstat_hgetall"]["calls"] == 5
+        got, total = await store.list_meetings([], 2, 5)  # unfiltered: any page, the whole total
+        assert ([int(m.id, 16) for m in got], total) == ([2, 1, 0], 8)
+
+    _redis(redis_url, body, meeting_scan=5, page=2)
+
+
+@pytest.mark.cluster
+def test_redis_usage_counts_index_ranges_and_reads_only_session_lengths(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    async def body(store: RedisStore) -> None:
+        for i in range(3):
+            await store.save_visitor(Visitor(f"V{i}", first_seen=1, last_seen=NOW - i * DAY, online=i == 0))
+        for i in range(4):  # 3 ended, 1 open, in the last 30 days
+            s = SessionRecord(f"s{i}", "V0", [{"id": f"a{i}", "name": "A"}], started=NOW - i * DAY - 100)
+            s.ended = None if i == 0 else s.started + 10
+            await store.save_session(s)
+        await store.save_session(SessionRecord("old", "V1", started=NOW - 40 * DAY, ended=NOW - 40 * DAY + 5))
+        with redis_server.client() as r:
+            r.config_resetstat()
+        u = await store.usage(NOW)
+        assert (u.session_counts_last_30_days, u.session_seconds_last_30_days, u.agents_last_30_days) == (4, 130, 4)
+        with redis_server.client() as r:
+            stats = r.info("commandstats")
+        assert not {"cmdstat_keys", "cmdstat_scan", "cmdstat_hgetall", "cmdstat_get"} & set(stats), stats
+        assert stats["cmdstat_zcount"]["calls"] == 9  # 4 visitors, 2 agents, 2 sessions, the window's first rank
+        assert stats["cmdstat_zrange"]["calls"] == 3 and stats["cmdstat_hmget"]["calls"] == 2  # pages of 2
+
+    _redis(redis_url, body, usage_page=2)
 
 
 def test_open_storage_picks_redis_when_redis_url_is_set(tmp_path: Path) -> None:
