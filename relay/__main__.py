@@ -31,7 +31,11 @@ Self-hosted relay for live co-browsing and remote support.
 It is configured by environment variables only, read once at start-up; an
 invalid value stops start-up with one line naming it (exit status 2). PORT=0
 listens on any free port; the first line printed names the one bound.
-Example: PORT=8080 REST_KEY=s3cret cobrowse-relay"""
+Example: PORT=8080 REST_KEY=s3cret cobrowse-relay
+
+`cobrowse-relay keys create --kind coclick|registration [--name N] [--company C]`
+makes an API key on the relay's store (its secret is shown once); `keys list
+--kind K` lists them, `keys revoke ID` revokes one."""
 
 
 def version() -> str:
@@ -49,7 +53,13 @@ def usage() -> str:
     """``--help``: usage, then every variable of :data:`VARIABLES` with its default and meaning."""
     name_w = max(map(len, VARIABLES)) + 2
     default_w = max(len(d) for d, _ in VARIABLES.values()) + 2
-    lines = ["usage: cobrowse-relay [--help | --version]", "", _ABOUT, ""]
+    lines = [
+        "usage: cobrowse-relay [--help | --version]",
+        "       cobrowse-relay keys {create,list,revoke} ...",
+        "",
+        _ABOUT,
+        "",
+    ]
     lines.append("configuration (variable, default, meaning):")
     indent = " " * (2 + name_w + default_w)
     for name, (default, meaning) in VARIABLES.items():
@@ -70,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     if args in (["--version"], ["-V"]):
         print(f"cobrowse-relay {version()}")
         return 0
+    if args and args[0] == "keys":
+        from .keys import main as keys_main
+
+        return keys_main(args[1:], os.environ)
     if args:
         print(f"cobrowse-relay: unknown argument {args[0]!r}; see cobrowse-relay --help", file=sys.stderr)
         return 2
