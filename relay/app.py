@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import time
 from collections.abc import AsyncIterator
 
+import msgspec
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,6 +26,7 @@ from protocol import CloseCode
 from . import metrics
 from .api import live, onprem, pages
 from .api._http import JSON, ApiError, api_http_error
+from .api.declare import openapi
 from .core.restore import RELAY_RESTART, restore
 from .core.service import Service
 from .logs import event
@@ -31,9 +34,12 @@ from .settings import Settings
 from .storage import open_storage
 from .transport.ws import device_endpoint, viewer_endpoint, visitor_endpoint
 
-__all__ = ["create_app"]
+__all__ = ["SURFACES", "create_app"]
 
 log = logging.getLogger("relay")
+
+# Every REST surface: its routes and its part of the OpenAPI document at {BASE}/api/openapi.json.
+SURFACES = (onprem.surface, live.surface)
 
 
 async def health(request: Request) -> Response:
@@ -72,9 +78,7 @@ def _routes() -> list[BaseRoute]:
         Route("/health", health, methods=["GET", "HEAD"]),
         Route("/stats", stats, methods=["GET"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
-        Route("/api", onprem.index, methods=["GET", "HEAD"]),
-        Mount("/api", routes=onprem.routes),
-        Mount("/rest/live", routes=live.routes),
+        *(route for surface in SURFACES for route in surface.routes()),
         WebSocketRoute("/ws/visitor", visitor_endpoint),
         WebSocketRoute("/ws/viewer", viewer_endpoint),
         WebSocketRoute("/ws/device", device_endpoint),
@@ -141,6 +145,13 @@ async def _restore(service: Service) -> None:
         event("session_restored", session=room.session_id, visitor=room.visitor_id, epoch=room.epoch)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cobrowse-relay")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -186,6 +197,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, RedisError: _store_down},
     )
     app.state.settings = settings
+    app.state.openapi = msgspec.json.encode(openapi(SURFACES, settings.base_path, "cobrowse-relay", _version()))
     app.state.ready = False
     app.state.bundles = pages.BundleCache(pages.WEB_DIR / "dist")
     return app

@@ -10,8 +10,9 @@ import hmac
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,13 +23,13 @@ from ..core.service import Service
 __all__ = [
     "JSON",
     "ApiError",
+    "ErrorBody",
     "RestLimiter",
     "api_http_error",
     "check_api_enabled",
     "check_rest_key",
     "error",
     "ok",
-    "read_json",
     "service_of",
 ]
 
@@ -51,29 +52,48 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error's body: ``status`` is always ``"error"``; ``error`` a code (``not_found``,
+    ``missing_field``...); ``message`` a sentence for people; ``field`` the dotted path of
+    the one field at fault, when there is one."""
+
+    status: Literal["error"] = "error"
+    error: str
+    message: str
+    field: str | msgspec.UnsetType = msgspec.UNSET
+
+
 class ApiError(Exception):
     """A 4xx in the API's error shape: ``{"status": "error", "error": code, "message": ...}``.
 
     ``message`` defaults to a sentence for the code, so no error goes out without one;
-    ``extra`` fields (``field``...) are added to the body, ``headers`` to the response.
+    ``field`` (the one field at fault) is added to the body, ``headers`` to the response.
+    The body is an :class:`ErrorBody`.
     """
 
     def __init__(
-        self, status: int, code: str, message: str = "", headers: dict[str, str] | None = None, **extra: Any
+        self,
+        status: int,
+        code: str,
+        message: str = "",
+        headers: dict[str, str] | None = None,
+        field: str | None = None,
     ) -> None:
         message = message or _MESSAGES.get(code, code.replace("_", " "))
         super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
 
-    def response(self) -> JSON:
-        body: dict[str, Any] = {"status": "error", "error": self.code, "message": self.message}
-        body.update(self.extra)
-        return JSON(body, status_code=self.status, headers=self.headers)
+    def response(self) -> Response:
+        field = msgspec.UNSET if self.field is None else self.field
+        body = ErrorBody(error=self.code, message=self.message, field=field)
+        return Response(msgspec.json.encode(body), self.status, self.headers, "application/json")
 
 
-def error(status: int, code: str, message: str = "", headers: dict[str, str] | None = None, **extra: Any) -> JSON:
-    return ApiError(status, code, message, headers, **extra).response()
+def error(
+    status: int, code: str, message: str = "", headers: dict[str, str] | None = None, field: str | None = None
+) -> Response:
+    return ApiError(status, code, message, headers, field).response()
 
 
 def ok(**fields: Any) -> JSON:
@@ -138,7 +158,7 @@ def check_rest_key(request: Request) -> None:
         raise ApiError(429, "rate_limited", message, headers={"Retry-After": str(retry)})
 
 
-def api_http_error(request: Request, status: int, headers: dict[str, str] | None = None) -> JSON:
+def api_http_error(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
     """Starlette's own errors (no route, wrong method...) under /api, in the API's shape."""
     if service_of(request).settings.rest_key is None:
         return error(404, "api_not_enabled")
@@ -151,20 +171,3 @@ def api_http_error(request: Request, status: int, headers: dict[str, str] | None
         return error(405, "method_not_allowed", message, headers={"Allow": allow} if allow else None)
     code = {400: "bad_request", 413: "request_too_large", 429: "rate_limited"}.get(status, "bad_request")
     return error(status, code)
-
-
-async def read_json(request: Request, limit: int = 64 * 1024) -> Any:
-    """The body as JSON (``{}`` when empty); 413 over ``limit`` bytes, 400 when not JSON."""
-    too_large = ApiError(413, "request_too_large", f"the body is over {limit} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = await request.body()
-    if len(body) > limit:
-        raise too_large
-    if not body.strip():
-        return {}
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None

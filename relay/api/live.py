@@ -20,7 +20,7 @@ origin of its ``Referer``) must be allowed (``ALLOWED_ORIGINS``, or the
 relay's own), else 403; allowed origins get ``Access-Control-Allow-Origin``.
 Errors are ``{"status": "error", "error": code, "message": ...}`` as
 under ``/api``. Single-node mode serves the same API: every answer names
-this node.
+this node. Bodies are declared once below (:mod:`relay.api.declare`).
 """
 
 from __future__ import annotations
@@ -29,24 +29,44 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+from msgspec import Struct
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ..core.errors import RelayError
 from ..core.service import Service
-from ._http import JSON, ApiError, read_json, service_of
+from ._http import ApiError, ErrorBody, service_of
+from .declare import Handler, Operation, Param, Surface, reply
 
-__all__ = ["routes", "COOKIE"]
+__all__ = ["surface", "COOKIE"]
 
 COOKIE = "gcbSessionServer"
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_-]{4,40}$")
 _CODE = re.compile(r"^[0-9]{9}$")
 _SESSION_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class CreateSessionBody(Struct):
+    """``POST /sessions``: the visitor's client id (or ``?userToken=``)."""
+
+    userToken: str | None = None  # the seed's name
+
+
+class CreatedSession(Struct, kw_only=True):
+    sessionToken: str
+    sessionServerName: str
+
+
+class SessionWhere(CreatedSession, kw_only=True):
+    sessionServerUrl: str | msgspec.UnsetType = msgspec.UNSET  # only with NODE_URL
+
+
+class StoppedSession(Struct, kw_only=True):
+    activationTime: int  # milliseconds
+    deactivationTime: int
 
 
 def _origin(request: Request) -> str:
@@ -60,6 +80,11 @@ def _origin(request: Request) -> str:
     return origin
 
 
+def _check_origin(request: Request) -> None:
+    """The surface's guard: 403 before anything else (a body is read only from an allowed origin)."""
+    _origin(request)
+
+
 def _cors(response: Response, origin: str) -> Response:
     response.headers["Access-Control-Allow-Origin"] = origin
     response.headers["Access-Control-Allow-Credentials"] = "true"
@@ -67,7 +92,7 @@ def _cors(response: Response, origin: str) -> Response:
     return response
 
 
-async def preflight(request: Request) -> Response:
+async def preflight(request: Request, _: None) -> Response:
     origin = _origin(request)
     response = Response(status_code=204)
     response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
@@ -94,18 +119,17 @@ async def _where(service: Service, visitor: str) -> tuple[str, str]:
     return c.name, c.url
 
 
-def _user_token(request: Request, body: Any) -> str:
-    token = body.get("userToken") if isinstance(body, dict) else None
-    token = token if isinstance(token, str) else request.query_params.get("userToken", "")
+def _user_token(request: Request, body: CreateSessionBody) -> str:
+    token = body.userToken if body.userToken is not None else request.query_params.get("userToken", "")
     if not _SHORT_ID.match(token):
         raise ApiError(400, "invalid_user_token", "userToken must be the visitor's client id", field="userToken")
     return token
 
 
-async def create(request: Request) -> Response:
+async def create(request: Request, body: CreateSessionBody) -> Response:
     origin = _origin(request)
     service = service_of(request)
-    visitor_id = _user_token(request, await read_json(request, 4096))
+    visitor_id = _user_token(request, body)
     visitor = service.visitors.get(visitor_id) or await service.store.get_visitor(visitor_id)
     if visitor is None:
         raise ApiError(404, "not_found", "no visitor has this userToken")
@@ -119,7 +143,7 @@ async def create(request: Request) -> Response:
     else:
         raise ApiError(503, "unavailable", "no free session token; retry")
     node, _url = await _where(service, visitor_id)
-    response = JSON({"sessionToken": code, "sessionServerName": node})
+    response = reply(CreatedSession(sessionToken=code, sessionServerName=node))
     path = service.settings.base_path or "/"
     response.set_cookie(COOKIE, node, path=path, httponly=True, samesite="lax")
     return _cors(response, origin)
@@ -153,18 +177,16 @@ async def _visitor_of(service: Service, ident: str) -> tuple[str, str]:
     return ident, (await store.code_of(ident)) or ""
 
 
-async def get_session(request: Request) -> Response:
+async def get_session(request: Request, _: None) -> Response:
     origin = _origin(request)
     service = service_of(request)
     visitor, token = await _visitor_of(service, request.path_params["id"])
     node, url = await _where(service, visitor)
-    body: dict[str, str] = {"sessionToken": token, "sessionServerName": node}
-    if url:
-        body["sessionServerUrl"] = url
-    return _cors(JSON(body), origin)
+    body = SessionWhere(sessionToken=token, sessionServerName=node, sessionServerUrl=url or msgspec.UNSET)
+    return _cors(reply(body), origin)
 
 
-async def stop(request: Request) -> Response:
+async def stop(request: Request, _: None) -> Response:
     origin = _origin(request)
     service = service_of(request)
     visitor = request.path_params["token"]
@@ -180,15 +202,15 @@ async def stop(request: Request) -> Response:
     if times is None:
         raise ApiError(404, "not_found", "this user has no live session")
     started, ended = times
-    return _cors(JSON({"activationTime": int(started * 1000), "deactivationTime": int(ended * 1000)}), origin)
+    return _cors(reply(StoppedSession(activationTime=int(started * 1000), deactivationTime=int(ended * 1000))), origin)
 
 
-def _with_cors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+def _with_cors(handler: Handler) -> Handler:
     """Errors after the origin check carry the CORS headers too, so the page can read them."""
 
-    async def handle(request: Request) -> Response:
+    async def handle(request: Request, body: object) -> Response:
         try:
-            return await handler(request)
+            return await handler(request, body)
         except ApiError as e:
             response = e.response()
             if e.code != "origin_not_allowed":
@@ -199,11 +221,64 @@ def _with_cors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[R
     return handle
 
 
-routes = [
-    Route("/sessions", _with_cors(create), methods=["POST"]),
-    Route("/sessions", _with_cors(preflight), methods=["OPTIONS"]),
-    Route("/sessions/{id}", _with_cors(get_session), methods=["GET"]),
-    Route("/sessions/{id}", _with_cors(preflight), methods=["OPTIONS"]),
-    Route("/users/{token}/session/stop", _with_cors(stop), methods=["GET"]),
-    Route("/users/{token}/session/stop", _with_cors(preflight), methods=["OPTIONS"]),
-]
+_PREFLIGHT = {204: (None, "allowed: the CORS headers")}
+_ANY_TOKEN = Param("token", "path", {"type": "string"}, "any value: a preflight checks the Origin only")
+_TOKEN = Param(
+    "token", "path", {"type": "string", "pattern": r"^[A-Za-z0-9_-]{4,40}$"}, "the visitor's client id (userToken)"
+)
+_ID = Param("id", "path", {"type": "string", "minLength": 1}, "a 9-digit session token, a session id or a client id")
+
+surface = Surface(
+    name="live-session",
+    mount="/rest/live",
+    description=(
+        "The live-session API (seed 001, Genesys Co-browse's realtime REST). No key: every call must carry an "
+        "Origin (or, without one, a Referer) in ALLOWED_ORIGINS or the relay's own, else 403 `origin_not_allowed`; "
+        "allowed origins get Access-Control-Allow-Origin on answers and errors alike."
+    ),
+    guard=_check_origin,
+    wrap=_with_cors,
+    errors={
+        403: "`origin_not_allowed`: the Origin (or Referer) is not allowed",
+        404: "`not_found`",
+        503: "`unavailable`: the store did not answer (cluster mode); retry",
+    },
+    operations=[
+        Operation(
+            "POST",
+            "/sessions",
+            create,
+            "Start a visitor's session: a 9-digit code to read out, and the gcbSessionServer cookie",
+            {
+                200: (CreatedSession, "the code and the node serving it"),
+                400: (ErrorBody, "`invalid_user_token`, `invalid_json` or `invalid_field`"),
+                404: (ErrorBody, "`not_found`: no visitor has this userToken"),
+                409: (ErrorBody, "`visitor_offline`"),
+            },
+            body=CreateSessionBody,
+            body_limit=4096,
+            params=[Param("userToken", "query", {"type": "string"}, "the visitor's client id, if not in the body")],
+        ),
+        Operation("OPTIONS", "/sessions", preflight, "CORS preflight", _PREFLIGHT),
+        Operation(
+            "GET",
+            "/sessions/{id}",
+            get_session,
+            "Which node serves a session",
+            {200: (SessionWhere, "the session's token and node"), 404: (ErrorBody, "`not_found`: nothing live")},
+            params=[_ID],
+        ),
+        Operation("OPTIONS", "/sessions/{id}", preflight, "CORS preflight", _PREFLIGHT, params=[_ID]),
+        Operation(
+            "GET",
+            "/users/{token}/session/stop",
+            stop,
+            "End the visitor's live session wherever it is served: its times in ms",
+            {200: (StoppedSession, "activation and deactivation times"), 404: (ErrorBody, "`not_found`")},
+            params=[_TOKEN],
+        ),
+        Operation(
+            "OPTIONS", "/users/{token}/session/stop", preflight, "CORS preflight", _PREFLIGHT, params=[_ANY_TOKEN]
+        ),
+    ],
+)
