@@ -86,6 +86,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "RATE_BYTES": ("4194304", "bytes/s per socket, all kinds (the bucket holds at least two keyframes); 4004 past it"),
     "RATE_BURST": ("5", "seconds of the per-socket rates a socket may spend at once"),
     "REST_RATE": ("600", "REST calls per minute per key (429 past it)"),
+    "MAX_CONCURRENT_SESSIONS": (
+        "0",
+        "sessions live or requested at once before a new watch URL is refused (cloud API: 402); 0 for no limit",
+    ),
+    "API_TOKEN_TTL": ("3600", "seconds a CoClick API bearer token (POST /api/v1/authenticate) stays valid"),
     "TRUSTED_PROXIES": (
         "unset",
         "comma-separated proxy addresses whose X-Forwarded-For names the client; * for any",
@@ -163,6 +168,8 @@ class Settings:
     rate_bytes: float = 4.0 * 1024 * 1024
     rate_burst: float = 5.0
     rest_rate: int = 600
+    max_concurrent_sessions: int = 0
+    api_token_ttl: float = 3600.0
     trusted_proxies: tuple[str, ...] = ()
     visitor_retention_days: float = 30.0
 
@@ -249,6 +256,8 @@ class Settings:
             rate_bytes=_float(env, "RATE_BYTES", 4.0 * 1024 * 1024, 1024.0, 1e12),
             rate_burst=_float(env, "RATE_BURST", 5.0, 1.0, 3600.0),
             rest_rate=_int(env, "REST_RATE", 600, 1, 10_000_000),
+            max_concurrent_sessions=_int(env, "MAX_CONCURRENT_SESSIONS", 0, 0, 10_000_000),
+            api_token_ttl=_float(env, "API_TOKEN_TTL", 3600.0, 60.0, 30 * 86400.0),
             trusted_proxies=_proxies(env),
             visitor_retention_days=_float(env, "VISITOR_RETENTION_DAYS", 30.0, 0.0, 36500.0),
         )
