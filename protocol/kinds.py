@@ -55,6 +55,7 @@ class Kind(IntEnum):
     RESYNC_REQUEST = 0x54
     PERMISSIONS_UPDATE = 0x55
     PRESENCE = 0x56
+    PAGEVIEW = 0x57
     # device agent
     INVENTORY = 0x60
     CMD_REBOOT = 0x61
@@ -159,6 +160,7 @@ _TABLE = [
     _k(Kind.RESYNC_REQUEST, Routing.SESSION, {_W, _R}),
     _k(Kind.PERMISSIONS_UPDATE, Routing.SESSION, {_V, _R}),
     _k(Kind.PRESENCE, Routing.SESSION, {_V}),
+    _k(Kind.PAGEVIEW, Routing.SESSION, {_V}),
     _k(Kind.INVENTORY, Routing.SESSION, {_D}),
     _k(Kind.CMD_REBOOT, Routing.SESSION, {_R}),
     _k(Kind.CMD_WAKE, Routing.SESSION, {_R}),

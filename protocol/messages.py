@@ -29,7 +29,7 @@ __all__ = [
     "Click", "RemoteScroll", "Type", "DrawStroke", "DrawClear", "Redirect",
     "Reload", "ConsoleEval", "ViewerPointer",
     "SessionRequest", "SessionAccept", "SessionDecline", "SessionEnd",
-    "ResyncRequest", "PermissionsUpdate", "Presence",
+    "ResyncRequest", "PermissionsUpdate", "Presence", "Pageview",
     "Inventory", "CmdReboot", "CmdWake", "CmdLogout", "CmdResult", "DeviceStatus",
     "Ping", "Pong",
     "Message", "MESSAGE_TYPES",
@@ -294,6 +294,21 @@ class Presence:
     allow: Strs = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Pageview:
+    """Visitor -> relay: one page the visitor opened, kept in its history.
+
+    ``at``: when, in milliseconds since the Unix epoch on the visitor's clock
+    (0: when the relay received it). Sent only when the page asks for it
+    (``saveHistory``); the relay keeps the newest ones per visitor.
+    """
+
+    KIND: ClassVar[Kind] = Kind.PAGEVIEW
+    url: str
+    title: str = ""
+    at: int = 0
+
+
 # --- device agent --------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Inventory:
@@ -366,7 +381,7 @@ Message = (
     | Click | RemoteScroll | Type | DrawStroke | DrawClear | Redirect | Reload
     | ConsoleEval | ViewerPointer
     | SessionRequest | SessionAccept | SessionDecline | SessionEnd
-    | ResyncRequest | PermissionsUpdate | Presence
+    | ResyncRequest | PermissionsUpdate | Presence | Pageview
     | Inventory | CmdReboot | CmdWake | CmdLogout | CmdResult | DeviceStatus
     | Ping | Pong
 )  # fmt: skip
@@ -380,7 +395,7 @@ MESSAGE_TYPES: dict[Kind, type[Message]] = {
         Click, RemoteScroll, Type, DrawStroke, DrawClear, Redirect, Reload,
         ConsoleEval, ViewerPointer,
         SessionRequest, SessionAccept, SessionDecline, SessionEnd,
-        ResyncRequest, PermissionsUpdate, Presence,
+        ResyncRequest, PermissionsUpdate, Presence, Pageview,
         Inventory, CmdReboot, CmdWake, CmdLogout, CmdResult, DeviceStatus,
         Ping, Pong,
     )

@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from protocol import (
     Error,
     Hello,
     Message,
+    Pageview,
     PermissionsUpdate,
     Ping,
     Pong,
@@ -43,7 +45,7 @@ from protocol import (
 
 from ..logs import event
 from ..settings import Settings
-from ..storage.base import SearchQuery, SessionRecord, Store, Visitor
+from ..storage.base import HISTORY_MAX, SearchQuery, SessionRecord, Store, Visitor
 from .errors import Moved, NotFound, RateLimited, SessionEnded, TokenInvalid, TokenReused, Unavailable
 from .grants import Grant, ResumeClaim, Signer
 from .hub import FOREVER, Hub, HubConfig, Link, Peer, Room, SessionState, ViewerSlot
@@ -59,6 +61,7 @@ log = logging.getLogger("relay.service")
 WRITERS = 64  # background store writes in flight at once
 ASK_TIMEOUT = 1.0  # seconds a node waits for the owner's answer before deciding without it
 LEASE_MARGIN = 0.9  # a claim is served until this share of OWNERSHIP_TTL after its last refresh
+PAGEVIEW_SKEW = 86400.0  # a PAGEVIEW's own time is kept within this many seconds of the relay's clock
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_-]{4,40}$")
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
@@ -141,6 +144,7 @@ class Service:
         self.cluster: SharedCluster | None = None  # cluster mode: set by the app once started
         self._placing: dict[str, asyncio.Lock] = {}  # per visitor: one placement at a time
         self.counters["fenced"] = 0  # frames dropped because this node's claim on the room lapsed
+        self._pageviews: dict[str, deque[tuple[str, str, float]]] = {}  # per visitor: pageviews not yet stored
 
     # --- background writes ------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -352,6 +356,8 @@ class Service:
         match msg:
             case Presence():
                 self._presence(room, peer, msg)
+            case Pageview() if peer.role == "visitor":
+                self._pageview(peer, msg)
             case SessionAccept() if peer.role == "visitor":
                 room.go_live()
             case SessionDecline() if peer.role == "visitor":
@@ -392,6 +398,35 @@ class Service:
         visitor.last_seen = time.time()
         room.set_visitor_allow(p.allow)
         self._spawn(self.store.save_visitor(visitor))
+
+    def _pageview(self, peer: Peer, p: Pageview) -> None:
+        """The visitor's own socket only (the catalog admits no other sender). Stored in the
+        background, one visitor's pageviews one after another in the order they came; what is
+        kept is bounded by the store (HISTORY_MAX per visitor, URL and title clipped)."""
+        visitor = self.visitors.get(peer.id)
+        if visitor is None:
+            return
+        now = time.time()
+        at = p.at / 1000
+        if not now - PAGEVIEW_SKEW <= at <= now + PAGEVIEW_SKEW:
+            at = now  # 0, or a clock too far off: the time the relay received it
+        queue = self._pageviews.get(visitor.short_id)
+        if queue is None:
+            self._pageviews[visitor.short_id] = queue = deque(maxlen=HISTORY_MAX)
+            self._spawn(self._save_pageviews(visitor, queue))
+        queue.append((p.url, p.title, at))
+
+    async def _save_pageviews(self, visitor: Visitor, queue: deque[tuple[str, str, float]]) -> None:
+        try:
+            while queue:
+                url, title, at = queue.popleft()
+                if not await self.store.add_pageview(visitor.short_id, url, title, at):
+                    # A new visitor's first save may still be in flight: save it, then once more.
+                    await self.store.save_visitor(visitor)
+                    await self.store.add_pageview(visitor.short_id, url, title, at)
+        finally:
+            if self._pageviews.get(visitor.short_id) is queue:
+                del self._pageviews[visitor.short_id]
 
     def consent_asked(self, room: Room) -> None:
         event("consent_asked", session=room.session_id, visitor=room.visitor_id)

@@ -216,6 +216,13 @@ CASES: list[tuple[str, p.Message, int, int]] = [
         0,
         0,
     ),
+    ("pageview-defaults", p.Pageview(url="https://example.com/"), 0, 0),
+    (
+        "pageview-full",
+        p.Pageview(url="https://例え.jp/cart?q=ü#top", title=f"Cart (2) — Shop {_EMOJI}", at=1764470000123),
+        0,
+        0,
+    ),
     # device agent
     ("inventory-minimal", p.Inventory(hostname="pc-01", os="linux"), 0, 0),
     (

@@ -65,6 +65,7 @@ const TABLE = [
     [F('url', 's', ''), F('title', 's', ''), F('unique_id', 's', ''), F('identities', 'S', []),
       F('tags', 'S', []), F('lookup_code', 's', ''), F('browser', 's', ''), F('device_type', 's', ''),
       F('allow', 'S', [])]],
+  [0x57, 'PAGEVIEW', 'session', 'visitor', null, false, [F('url', 's'), F('title', 's', ''), F('at', 'i', 0)]],
   [0x60, 'INVENTORY', 'session', 'device', null, false,
     [F('hostname', 's'), F('os', 's'), F('os_version', 's', ''), F('cpu', 's', ''), F('cores', 'i', 0),
       F('memory', 'i', 0), F('disk', 'i', 0), F('macs', 'S', []), F('ips', 'S', []), F('agent_version', 's', '')]],
