@@ -21,6 +21,7 @@ from relay.core.grants import Signer
 
 from ..conftest import base_env, free_port
 from .client import live_session, run, visitor
+from .test_readme import _section, _shell_blocks
 
 V = "/api/v1.1"
 VISITOR_KEYS = {
@@ -436,6 +437,41 @@ def test_delete_all_removes_offline_visitors_only_in_the_background(relay_factor
 def test_delete_all_needs_all_true(relay: Any, query: str) -> None:
     status, body = cloud(relay, "DELETE", f"/visitors.json{query}")
     assert (status, body["status"], body["error"], body["field"]) == (400, "error", "invalid_field", "all")
+
+
+# --- README ---------------------------------------------------------------------------------
+def test_the_readme_walkthrough_runs_when_pasted_in_order(relay_factory: Any) -> None:
+    blocks = _shell_blocks(_section("Upscope cloud API v1.1"))
+    assert blocks and blocks[0].startswith("export K="), "the walkthrough sets the key first"
+    key = re.search(r"\bK=(\S+)", blocks[0])
+    assert key is not None
+    r = relay_factory(REST_KEY=key.group(1)).start()
+    script = ["set -euo pipefail"]
+    for n, block in enumerate(blocks):
+        script += [block.replace("http://127.0.0.1:5002", r.base), f"printf '\\n::block {n} done\\n'"]
+
+    async def scenario() -> str:
+        await visitor(r, "READMECLD1")
+        await _until(r, "/visitors/READMECLD1.json", lambda s, b: s == 200)
+        bash = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            "\n".join(script),
+            env=base_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(bash.communicate(), 60)
+        assert bash.returncode == 0, (out.decode(), err.decode())
+        return out.decode()
+
+    out = run(scenario())
+    outputs = re.split(r"\n::block \d+ done\n", out)
+    assert len(outputs) == len(blocks) + 1 and '"status":"error"' not in out
+    assert outputs[0].startswith('{"usage":{"visitors":{"online_now":1,')
+    assert '"short_id":"READMECLD1"' in outputs[1] and '"history":[' in outputs[1]
+    assert '{"watch_url":"' + r.base + "/screen?id=READMECLD1&token=" in outputs[2]
+    assert '}ok{"status":"ok"}' in outputs[2]
 
 
 # --- the document and schemathesis -----------------------------------------------------------
