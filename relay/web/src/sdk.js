@@ -14,6 +14,7 @@ import { KINDS, PROTOCOL_VERSION, LIMITS, encode, frameHandler, packEvents } fro
 import { SDK_BACKOFF, cleanBase, hintFromError, nextConnect, socketUrl } from './redirect.js';
 import { codeLine } from './code.js';
 import { VisitorUI, UI_CLASS } from './ui.js';
+import { isStub, makeGlobal, queuedCalls, upscopeCommands } from './upscope.js';
 
 const ME = document.currentScript
   || Array.from(document.getElementsByTagName('script')).reverse().find((s) => /\/sdk\.js(\?|#|$)/.test(s.src));
@@ -28,6 +29,10 @@ const ID_WAIT_MS = 10000; // startSession() waits this long for the relay to ass
 const DELTA_FLUSH_MS = 50;
 const DELTA_BUDGET = LIMITS.maxFrame - 1024; // header + map overhead, with room to spare
 const MASK_CLASS = 'no-cobrowse';
+const UPSCOPE_MASK = '.no-upscope'; // Upscope's masking class: a page written for it keeps its masking here
+const PAGEVIEW_URL_MAX = 2048; // what the relay's store keeps of a pageview's URL and title
+const PAGEVIEW_TITLE_MAX = 256;
+const PAGEVIEWS_HELD = 20; // saveHistory() calls kept while not connected, oldest dropped first
 // Attributes of elements inside masked content that may still go on the wire.
 // `value` stays only on form fields, where rrweb has already masked it.
 const SAFE_ATTRS = new Set(['class', 'style', 'id', 'type', 'width', 'height', 'rr_width', 'rr_height', 'role',
@@ -120,6 +125,7 @@ class Sdk {
     this.ui = new VisitorUI();
     this.wasPassword = new WeakSet();
     this.lastPresence = '';
+    this.pageviews = []; // saveHistory() pageviews waiting for a WELCOME
     this.onUrl = () => this.urlChanged();
     this.onResize = throttle(() => this.sendViewport(), 200);
     this.onScroll = throttle(() => this.send('SCROLL', { x: window.scrollX, y: window.scrollY }), 100);
@@ -147,6 +153,20 @@ class Sdk {
     Object.assign(this.opts, options);
     this.compileMask();
     this.sendPresence(true);
+  }
+
+  // One pageview (URL, title, time) into the visitor's history on the relay. Explicit, as
+  // Upscope's saveHistory is: nothing is saved unless the page calls it. Sent at once when
+  // connected, else after the next WELCOME (the last PAGEVIEWS_HELD calls).
+  saveHistory() {
+    const pv = {
+      url: location.href.slice(0, PAGEVIEW_URL_MAX),
+      title: (document.title || '').slice(0, PAGEVIEW_TITLE_MAX),
+      at: Date.now(),
+    };
+    if (this.state === 'connected' && this.send('PAGEVIEW', pv)) return;
+    this.pageviews.push(pv);
+    if (this.pageviews.length > PAGEVIEWS_HELD) this.pageviews.shift();
   }
 
   // Answers at once when the id is known, else once the relay has assigned one.
@@ -283,9 +303,11 @@ class Sdk {
     if (this.opts.autoconnect !== false) this.connect();
   }
 
-  on(event, cb) {
+  // on(event, cb), or on(event1, event2, ..., cb) as Upscope's SDK takes it.
+  on(...args) {
+    const cb = args.pop();
     if (typeof cb !== 'function') return;
-    (this.handlers[event] = this.handlers[event] || []).push(cb);
+    for (const event of args) (this.handlers[event] = this.handlers[event] || []).push(cb);
   }
 
   emit(event, ...args) {
@@ -413,6 +435,7 @@ class Sdk {
         this.onNode = f.node;
         this.setState('connected');
         this.sendPresence(true);
+        for (const pv of this.pageviews.splice(0)) this.send('PAGEVIEW', pv);
         if (f.session) this.continueSession(f.session);
         else if (this.session) this.endSession('expired');
         break;
@@ -512,7 +535,7 @@ class Sdk {
 
   // --- recording ----------------------------------------------------------------------
   compileMask() {
-    const sels = asList(this.opts.maskedElements).filter(Boolean);
+    const sels = [UPSCOPE_MASK, ...asList(this.opts.maskedElements).filter(Boolean)];
     this.maskSelector = [`.${MASK_CLASS}`, ...sels].join(',');
     this.extraMask = sels.length ? sels.join(',') : null;
   }
@@ -1006,26 +1029,34 @@ function redirect(url) {
   location.href = u.href;
 }
 
-// --- the global ---------------------------------------------------------------------
+// --- the globals ----------------------------------------------------------------------
+// `Cobrowse(cmd, ...args)` and, for pages written for Upscope's script, `Upscope(cmd, ...args)`:
+// the same SDK under Upscope's call style (upscopeCommands). Calls made before the script
+// loaded wait in the stub's `q` and are replayed, 'on' first so events fired by 'init' reach them.
+const COMMANDS = ['init', 'connect', 'updateConnection', 'getUserId', 'getLookupCode', 'startSession', 'stopSession',
+  'reset', 'on', 'saveHistory'];
+
 (function install() {
   const prev = window.Cobrowse;
   if (prev && prev.loaded) return; // the script tag twice on one page
   const sdk = new Sdk();
-  const COMMANDS = ['init', 'connect', 'updateConnection', 'getUserId', 'getLookupCode', 'startSession', 'stopSession',
-    'reset', 'on'];
-  function Cobrowse(cmd, ...args) {
-    if (!COMMANDS.includes(cmd)) {
-      console.warn('[cobrowse] unknown command', cmd);
-      return undefined;
-    }
-    return sdk[cmd](...args);
-  }
-  Cobrowse.loaded = true;
-  Cobrowse.version = '0.1.0';
-  const queued = (prev && prev.q) || [];
+  const own = Object.fromEntries(COMMANDS.map((c) => [c, (...args) => sdk[c](...args)]));
+  const Cobrowse = makeGlobal('Cobrowse', own);
+  const early = queuedCalls(prev);
   window.Cobrowse = Cobrowse;
-  // 'on' handlers first, so events fired by 'init' reach them.
-  const calls = Array.from(queued, (a) => Array.from(a));
-  for (const c of calls.filter((c) => c[0] === 'on')) Cobrowse(...c);
-  for (const c of calls.filter((c) => c[0] !== 'on')) Cobrowse(...c);
+  const prevUpscope = window.Upscope;
+  let upEarly = [];
+  let Upscope = null;
+  if (isStub(prevUpscope)) {
+    Upscope = makeGlobal('Upscope', upscopeCommands(sdk));
+    upEarly = queuedCalls(prevUpscope);
+    window.Upscope = Upscope;
+    // Upscope's own stub forwards calls through `c` (i.c(arguments)): code holding the stub still reaches us.
+    if (prevUpscope && typeof prevUpscope.c === 'function') prevUpscope.c = (a) => Upscope(...Array.from(a));
+  }
+  // 'on' handlers of both first, so events fired by 'init' reach them.
+  for (const c of early.filter((c) => c[0] === 'on')) Cobrowse(...c);
+  if (Upscope) for (const c of upEarly.filter((c) => c[0] === 'on')) Upscope(...c);
+  for (const c of early.filter((c) => c[0] !== 'on')) Cobrowse(...c);
+  if (Upscope) for (const c of upEarly.filter((c) => c[0] !== 'on')) Upscope(...c);
 }());
