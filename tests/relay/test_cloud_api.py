@@ -439,6 +439,43 @@ def test_delete_all_needs_all_true(relay: Any, query: str) -> None:
     assert (status, body["status"], body["error"], body["field"]) == (400, "error", "invalid_field", "all")
 
 
+# --- cluster mode ---------------------------------------------------------------------------
+@pytest.mark.cluster
+def test_in_cluster_mode_402_counts_every_node_and_a_session_is_ended_from_any_node(tmp_path: Path) -> None:
+    from ..cluster.harness import start_nodes, stop_nodes
+    from ..cluster.test_cluster import _session
+    from ..redisprocs import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    nodes: list[Any] = []
+    try:
+        nodes = start_nodes(tmp_path, 2, server.url, MAX_CONCURRENT_SESSIONS="1")
+        a, b = nodes
+
+        async def scenario() -> None:
+            await visitor(b, "CLUSTCLD02")  # on node2, in no session
+            await _until(b, "/visitors/CLUSTCLD02.json", lambda s, _: s == 200)
+            vpeer, wpeer, _ = await _session(a, nodes, "CLUSTCLD01", server)  # served by node1
+            watch = ("POST", "/visitors/CLUSTCLD02/watch_url.json", {"agent": AGENT})
+            deadline = time.monotonic() + 5  # node2 counts node1's session from its heartbeat (every second)
+            while (answer := cloud(b, *watch))[0] != 402:
+                assert answer[0] == 200 and time.monotonic() < deadline, answer
+                await asyncio.sleep(0.1)
+            assert answer[1]["error"] == "payment_required"
+            assert cloud(b, "DELETE", "/visitors/CLUSTCLD01/session") == (200, "ok")  # forwarded to node1
+            assert (await vpeer.expect(p.SessionEnd)).reason == "stopped"
+            assert await wpeer.closed() == p.CloseCode.SESSION_ENDED
+            deadline = time.monotonic() + 5
+            while (answer := cloud(b, *watch))[0] != 200:
+                assert answer[0] == 402 and time.monotonic() < deadline, answer
+                await asyncio.sleep(0.1)
+
+        run(scenario())
+    finally:
+        stop_nodes(nodes)
+        server.stop()
+
+
 # --- README ---------------------------------------------------------------------------------
 def test_the_readme_walkthrough_runs_when_pasted_in_order(relay_factory: Any) -> None:
     blocks = _shell_blocks(_section("Upscope cloud API v1.1"))
