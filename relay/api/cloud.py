@@ -260,6 +260,9 @@ async def _check_limit(service: Service, short_id: str) -> None:
     if room is not None and room.state is not None:
         return
     if await concurrent_sessions(service) >= limit:
+        recent = await service.store.sessions_for(short_id, 1)
+        if recent and recent[0].ended is None:
+            return  # in a session served by another node (cluster mode)
         raise ApiError(
             402,
             "payment_required",

@@ -462,6 +462,8 @@ def test_in_cluster_mode_402_counts_every_node_and_a_session_is_ended_from_any_n
                 assert answer[0] == 200 and time.monotonic() < deadline, answer
                 await asyncio.sleep(0.1)
             assert answer[1]["error"] == "payment_required"
+            status, answer = cloud(b, "POST", "/visitors/CLUSTCLD01/watch_url.json", {"agent": AGENT})
+            assert status == 200, answer  # joining node1's session adds none
             assert cloud(b, "DELETE", "/visitors/CLUSTCLD01/session") == (200, "ok")  # forwarded to node1
             assert (await vpeer.expect(p.SessionEnd)).reason == "stopped"
             assert await wpeer.closed() == p.CloseCode.SESSION_ENDED
