@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from protocol import CloseCode
 
 from . import metrics
-from .api import cloud, live, onprem, pages
+from .api import cloud, coclick, live, onprem, pages
 from .api._http import JSON, ApiError, api_http_error
 from .api.declare import openapi
 from .core.restore import RELAY_RESTART, restore
@@ -39,7 +39,7 @@ __all__ = ["SURFACES", "create_app"]
 log = logging.getLogger("relay")
 
 # Every REST surface: its routes and its part of the OpenAPI document at {BASE}/api/openapi.json.
-SURFACES = (onprem.surface, live.surface, cloud.surface)
+SURFACES = (onprem.surface, live.surface, cloud.surface, coclick.surface)
 
 
 async def health(request: Request) -> Response:

@@ -5,7 +5,9 @@ The claims are readable by anyone holding the token (the viewer page reads
 its branding from them) and trusted only after :meth:`Signer.verify`.
 
 Kinds keep tokens apart: a resume token (``"r"``) never verifies as a watch
-grant (``"g"``), and the other way round. Single use is not decided here: a
+grant (``"g"``), and the other way round; a CoClick API bearer token (``"a"``,
+:class:`ApiTokenClaim`) is neither, and is written with an ``api.`` prefix so
+it cannot be mistaken for one at a glance either. Single use is not decided here: a
 grant's ``nonce`` is recorded by the store when first used.
 """
 
@@ -23,9 +25,10 @@ import orjson
 
 from .errors import TokenExpired, TokenInvalid
 
-__all__ = ["Grant", "ResumeClaim", "Signer"]
+__all__ = ["API_TOKEN_PREFIX", "ApiTokenClaim", "Grant", "ResumeClaim", "Signer"]
 
-TokenKind = Literal["g", "r"]
+TokenKind = Literal["g", "r", "a"]
+API_TOKEN_PREFIX = "api."
 
 
 def _b64(data: bytes) -> str:
@@ -123,6 +126,28 @@ class ResumeClaim:
             raise TokenInvalid("claims") from e
 
 
+@dataclass(frozen=True, slots=True)
+class ApiTokenClaim:
+    """A CoClick API bearer token: which API key it was issued for, until when.
+
+    The key is checked again on every use (a revoked key's tokens stop working).
+    ``expires`` keeps milliseconds (the API answers ``expires_at`` with them).
+    """
+
+    key: str
+    expires: float
+
+    def claims(self) -> dict[str, Any]:
+        return {"k": self.key, "e": round(self.expires, 3)}
+
+    @classmethod
+    def from_claims(cls, c: dict[str, Any]) -> ApiTokenClaim:
+        try:
+            return cls(key=str(c["k"]), expires=float(c["e"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise TokenInvalid("claims") from e
+
+
 class Signer:
     """Signs and verifies tokens with one secret key."""
 
@@ -172,3 +197,11 @@ class Signer:
 
     def read_resume(self, token: str, now: float | None = None) -> ResumeClaim:
         return ResumeClaim.from_claims(self.verify("r", token, now))
+
+    def api_token(self, claim: ApiTokenClaim) -> str:
+        return API_TOKEN_PREFIX + self.sign("a", claim.claims())
+
+    def read_api_token(self, token: str, now: float | None = None) -> ApiTokenClaim:
+        if not token.startswith(API_TOKEN_PREFIX):
+            raise TokenInvalid("shape")
+        return ApiTokenClaim.from_claims(self.verify("a", token.removeprefix(API_TOKEN_PREFIX), now))

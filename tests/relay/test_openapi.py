@@ -18,6 +18,7 @@ from relay.app import SURFACES, create_app
 from relay.settings import Settings
 
 REST_PREFIXES = ("/api", "/rest/")
+SEED_ERROR_BODIES = {("post", "/api/v1/meetings", "400")}  # CoClick's own: the meeting, its fields null, and errors
 
 
 def _routes(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, str]]:
@@ -85,7 +86,7 @@ def test_each_surface_has_its_auth_scheme_and_its_error_bodies() -> None:
             if path.startswith("/rest/live"):
                 assert "403" in op["responses"], (method, path)
             for status, answer in op["responses"].items():
-                if status.startswith("4"):
+                if status.startswith("4") and (method, path, status) not in SEED_ERROR_BODIES:
                     assert answer["content"]["application/json"]["schema"] == error, (method, path, status)
     assert document["paths"]["/api/visitors/list/latest"]["get"]["security"] == [{"restKey": []}]
     body = document["paths"]["/api/visitors/{visitor_id}/watch_url"]["post"]["requestBody"]
