@@ -6,11 +6,14 @@ import asyncio
 import http.client
 import json
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -491,3 +494,21 @@ def test_the_document_has_the_bearer_scheme_and_every_answer(relay: Any) -> None
     assert set(created) == {"201", "400", "401", "413", "503"}
     names = {p["name"] for p in ops["get", "/api/v1/meetings"]["parameters"]}
     assert {"q[user_email_cont]", "q[status_gt]", "q[starts_at_lt]", "X-Page", "X-Per"} <= names
+
+
+# --- the README --------------------------------------------------------------------------------
+def test_the_readme_walkthrough_runs_when_pasted_in_order(relay: Any) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## CoClick meetings API\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.strip("\n") for b in re.findall(r"```sh\n(.*?)```", section, re.S)]
+    assert len(blocks) == 3 and "keys create --kind coclick" in blocks[0]
+    script = "set -euo pipefail\n" + "\n".join(blocks)
+    script = script.replace("http://127.0.0.1:5002", relay.base).replace(
+        "cobrowse-relay ", f"{sys.executable} -m relay "
+    )
+    done = subprocess.run(["bash", "-c", script], env=relay.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    out = done.stdout
+    assert '"company":"MyCompany"' in out and '"errors":{"user":["User must exist"]' in out
+    assert re.search(r"^x-total: 1\r?$", out, re.M | re.I) and '"user":"hugh@example.com"' in out
+    assert out.count('"custom_data":{"user_id":17,"username":"Phil"}') == 2  # made, then read back
