@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from relay.storage.base import Pageview
 from relay.storage.sqlite import SqliteStore
 
-from .conftest import Relay, open_viewer, safe_eval, wait_for
+from .conftest import REST_KEY, Relay, open_viewer, safe_eval, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -97,6 +99,14 @@ def test_a_page_using_only_upscope_calls(browser: Any, relay: Relay) -> None:
             (f"{relay.site}/upscope/cart", "Cart"),
             (page_url, "Upscope shop"),
         ]
+
+        # ...and the cloud API's ?with_history=true shows them (X-Api-Key: the REST key).
+        req = urllib.request.Request(
+            f"{relay.url}/api/v1.1/visitors/{short_id}.json?with_history=true", headers={"X-Api-Key": REST_KEY}
+        )
+        with urllib.request.urlopen(req, timeout=10) as res:
+            shown = json.loads(res.read())["visitor"]["history"]
+        assert [(h["url"], h["title"]) for h in shown] == [(v.url, v.title) for v in views]
 
         # An agent watches: sessionStart fires, and .no-upscope content stays in the page.
         viewer, viewer_wire = open_viewer(browser, relay.watch_url(short_id))
