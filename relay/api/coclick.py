@@ -249,7 +249,7 @@ _PATTERNS = {
 def decode_meeting(raw: bytes) -> CoClickMeetingIn:
     """``raw`` as a meeting to create; :class:`_Invalid` with every field's messages otherwise."""
     try:
-        doc = msgspec.json.decode(raw or b"{}")
+        doc = msgspec.json.decode(raw.strip() or b"{}")
     except msgspec.DecodeError:
         raise _Invalid({"base": ["the body is not valid JSON"]}) from None
     if not isinstance(doc, dict):

@@ -303,6 +303,11 @@ def test_each_invalid_field_is_named_with_its_messages(relay: Any, fields: dict[
     assert status == 201
 
 
+def test_an_empty_body_is_an_empty_meeting(relay: Any) -> None:
+    status, body, _ = call(relay, "POST", "/meetings", b"  \n", token=token_of(relay))
+    assert status == 400 and set(body["errors"]) == {"user", "starts_at", "cobrowsing_url"}
+
+
 def test_errors_of_several_fields_come_together(relay: Any) -> None:
     body = {"user": "x", "starts_at": "x", "cobrowsing_url": "x", "custom_data": 1}
     status, answer, _ = call(relay, "POST", "/meetings", body, token=token_of(relay))
