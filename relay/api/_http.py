@@ -164,7 +164,8 @@ def api_http_error(request: Request, status: int, headers: dict[str, str] | None
         return error(404, "api_not_enabled")
     path = request.url.path
     if status == 404:
-        return error(404, "not_found", f"no API endpoint at {path}; the API is under /api/visitors/")
+        document = f"{service_of(request).settings.base_path}/api/openapi.json"
+        return error(404, "not_found", f"no API endpoint at {path}; every endpoint is listed in {document}")
     if status == 405:
         allow = (headers or {}).get("Allow") or (headers or {}).get("allow", "")
         message = f"{request.method} is not allowed on {path}" + (f"; use {allow}" if allow else "")

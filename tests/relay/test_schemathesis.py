@@ -66,8 +66,11 @@ def test_every_operation_passes_schemathesis_with_no_failure(relay_factory: Any,
     config = tmp_path / "schemathesis.toml"
     config.write_text(
         f'[parameters]\nvisitor_id = "{KNOWN}"\ntoken = "{KNOWN}"\nuserToken = "{KNOWN}"\nmeeting_id = "{meeting}"\n'
-        # each scheme its credentials: the REST key, and a CoClick bearer token from a key made with the CLI
-        f'[auth.openapi.restKey]\napi_key = "{relay.rest_key}"\n[auth.openapi.coclickBearer]\nbearer = "{bearer}"\n'
+        # each scheme its credentials: the REST key (on-prem and cloud), and a CoClick bearer token from a key
+        # made with the CLI
+        f'[auth.openapi.restKey]\napi_key = "{relay.rest_key}"\n'
+        f'[auth.openapi.cloudApiKey]\napi_key = "{relay.rest_key}"\n'
+        f'[auth.openapi.coclickBearer]\nbearer = "{bearer}"\n'
         # the meetings list reads its pages from X-Page / X-Per headers; other headers (and query parameters
         # but q[...]) are ignored, as HTTP APIs do: not schema violations to be refused
         '[[operations]]\ninclude-operation-id = "get_api_v1_meetings"\n'
