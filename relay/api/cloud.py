@@ -32,10 +32,20 @@ from starlette.responses import PlainTextResponse, Response
 
 from ..core.errors import NotFound, RelayError
 from ..core.service import Service
-from ..storage.base import Pageview, SessionRecord, Visitor, parse_search
+from ..storage.base import Pageview, SessionRecord, Visitor
 from ._http import ApiError, ErrorBody, _limiter, check_api_enabled, service_of
 from .declare import Operation, Param, Security, Surface, reply
-from .onprem import AgentIn, BrandingIn, Metadata, PermissionsIn, WatchUrlBody, _formatted, _iso, watch_request
+from .onprem import (
+    AgentIn,
+    BrandingIn,
+    Metadata,
+    PermissionsIn,
+    WatchUrlBody,
+    _formatted,
+    _iso,
+    searched,
+    watch_request,
+)
 
 __all__ = ["surface", "concurrent_sessions"]
 
@@ -293,18 +303,7 @@ async def usage(request: Request, _: None) -> Response:
 
 
 async def list_visitors(request: Request, _: None) -> Response:
-    service = service_of(request)
-    query = request.query_params.get("search", "").strip()
-    if len(query) > 512:
-        raise ApiError(400, "invalid_search", "search is over 512 characters", field="search")
-    if not query:
-        visitors = await service.latest_visitors()
-    else:
-        try:
-            parsed = parse_search(query)
-        except ValueError as e:
-            raise ApiError(400, "invalid_search", str(e), field="search") from None
-        visitors = await service.search_visitors(parsed)
+    visitors = await searched(request)
     return reply(CloudVisitorList(visitors=[CloudVisitor(**_visitor_fields(v)) for v in visitors]))
 
 
