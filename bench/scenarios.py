@@ -1188,8 +1188,9 @@ def flood(ctx: Ctx) -> dict[str, Any]:
         "A (the measured session) and B (the flooder) run in two processes on the load generator's core; B in "
         "the SCHED_IDLE class (and nice +10): it floods with whatever CPU A leaves, and never delays A's own sends "
         "and receives, so A's latency is the server's under the flood. B uses a source address of its own per "
-        "run and kind (127.200.RUN.KIND), A 127.0.0.1. B reconnects 20 ms after every close with the same client id, as a hostile "
-        "client would; the ordered variant floods its own live session (one viewer, reading) with 60 KiB deltas"
+        "run and kind (127.200.RUN.KIND), A 127.0.0.1. B reconnects 20 ms after every close with the same client "
+        "id, as a hostile client would; the ordered variant floods its own live session (one viewer, reading) "
+        "with 60 KiB deltas"
     )
     notes.append(
         "relay: started fresh for this scenario with every limit at its default (RATE_CONTROL, RATE_CONTENT, "
