@@ -142,14 +142,14 @@ def check_api_enabled(request: Request) -> str:
     return key
 
 
-def check_rest_key(request: Request) -> None:
-    """The REST API exists only with REST_KEY set; then every call must carry it
-    (401, compared in constant time) and stay within REST_RATE calls a minute
-    (429 ``rate_limited`` with Retry-After)."""
+def check_rest_key(request: Request, header: str = "authorization", message: str = "") -> None:
+    """The REST API exists only with REST_KEY set; then every call must carry it in ``header``
+    (401 ``invalid_api_key`` with ``message``, compared in constant time) and stay within
+    REST_RATE calls a minute (429 ``rate_limited`` with Retry-After)."""
     key = check_api_enabled(request)
-    given = request.headers.get("authorization", "")
+    given = request.headers.get(header, "")
     if not hmac.compare_digest(given.encode(), key.encode()):
-        raise ApiError(401, "invalid_api_key")
+        raise ApiError(401, "invalid_api_key", message)
     wait = _limiter(request).take(key)
     if wait > 0.0:
         retry = max(1, math.ceil(wait))

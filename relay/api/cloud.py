@@ -17,9 +17,7 @@ internal ``id``); ``js_configuration`` is ``false``; calls are never counted
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import math
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -33,7 +31,7 @@ from starlette.responses import PlainTextResponse, Response
 from ..core.errors import NotFound, RelayError
 from ..core.service import Service
 from ..storage.base import Pageview, SessionRecord, Visitor
-from ._http import ApiError, ErrorBody, _limiter, check_api_enabled, service_of
+from ._http import ApiError, ErrorBody, check_rest_key, service_of
 from .declare import Operation, Param, Security, Surface, reply
 from .onprem import (
     AgentIn,
@@ -232,16 +230,7 @@ def _pageview(p: Pageview) -> CloudPageview:
 def check_api_key(request: Request) -> None:
     """The surface's guard: 404 ``api_not_enabled`` without REST_KEY; 401 ``invalid_api_key``
     unless ``X-Api-Key`` is the REST_KEY (constant time); 429 past REST_RATE."""
-    key = check_api_enabled(request)
-    given = request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), key.encode()):
-        raise ApiError(401, "invalid_api_key", "missing or wrong X-Api-Key header: send the relay's REST_KEY")
-    wait = _limiter(request).take(key)
-    if wait > 0.0:
-        retry = max(1, math.ceil(wait))
-        rate = service_of(request).settings.rest_rate
-        message = f"over REST_RATE ({rate} calls a minute for this key): retry in {retry} s"
-        raise ApiError(429, "rate_limited", message, headers={"Retry-After": str(retry)})
+    check_rest_key(request, "x-api-key", "missing or wrong X-Api-Key header: send the relay's REST_KEY")
 
 
 # --- the session limit -----------------------------------------------------------------------

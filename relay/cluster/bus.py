@@ -25,18 +25,23 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-__all__ = ["Bus", "Handler", "STALE"]
+__all__ = ["Bus", "Handler", "Reply", "STALE"]
 
 log = logging.getLogger("relay.cluster")
 
 STALE = 5.0  # seconds after which a request is not acted on any more
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Reply(NamedTuple):
+    reached: bool  # a listener got the request (the node is alive, if perhaps frozen)
+    answer: dict[str, Any] | None
 
 
 class Bus:
@@ -146,21 +151,22 @@ class Bus:
         except (RedisError, OSError):
             return False
 
-    async def ask(self, node: str, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any] | None:
-        """``node``'s answer to ``op``, or None: gone, frozen, or Redis unreachable, within ``timeout``."""
+    async def ask(self, node: str, op: str, args: dict[str, Any], timeout: float) -> Reply:
+        """``node``'s answer to ``op`` within ``timeout``, and whether any listener got the request
+        (not reached: gone, or Redis unreachable; reached with no answer: frozen or too slow)."""
         request_id = secrets.token_hex(8)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = fut
         self.asked += 1
+        reached = False
         try:
             async with asyncio.timeout(timeout):
-                if await self.publish(node, op, args, request_id) == 0:
-                    return None
-                return await fut
+                reached = await self.publish(node, op, args, request_id) > 0
+                return Reply(reached, await fut if reached else None)
         except TimeoutError:
             self.timeouts += 1
-            return None
+            return Reply(reached, None)
         except (RedisError, OSError):
-            return None
+            return Reply(False, None)
         finally:
             self._waiting.pop(request_id, None)

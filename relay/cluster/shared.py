@@ -54,7 +54,7 @@ from redis.exceptions import RedisError
 from ..core.limits import AddressLimits
 from ..settings import Settings
 from ..storage.base import Store
-from .bus import Bus, Handler
+from .bus import Bus, Handler, Reply
 from .redisconn import connect, parse_redis_url, pubsub_client
 
 __all__ = ["NODE_LOST", "NodeInfo", "Owner", "SharedCluster", "STALE_BEAT"]
@@ -289,9 +289,9 @@ class SharedCluster:
     async def alive(self, node: str) -> bool:
         return self.bus is not None and await self.bus.alive(node)
 
-    async def ask(self, node: str, op: str, args: dict[str, Any], timeout: float = 1.0) -> dict[str, Any] | None:
+    async def ask(self, node: str, op: str, args: dict[str, Any], timeout: float = 1.0) -> Reply:
         if self.bus is None:
-            return None
+            return Reply(False, None)
         return await self.bus.ask(node, op, args, timeout)
 
     # --- ownership ----------------------------------------------------------------------

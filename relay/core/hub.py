@@ -346,6 +346,10 @@ class Room:
                 self.visitor.send(ended)  # the visitor did not end it itself: tell it
             self.visitor.outbox.link.set_max_message(self.hub.config.limits.max_frame)
         self.hub.listener.session_ended(self, reason)
+        self._forget_session()
+
+    def _forget_session(self) -> None:
+        """No session in this room any more (its participants were told)."""
         self.viewers.clear()
         self.slots.clear()
         self.state = None
@@ -353,6 +357,11 @@ class Room:
         self._reset_log()
         self.latest.clear()
         self.hub.forget_if_idle(self)
+
+    @property
+    def claim_epoch(self) -> int:
+        """Cluster mode: the fencing epoch this node's claim holds (the next session's before one starts)."""
+        return self.epoch if self.state is not None else self.next_epoch
 
     def _reset_log(self) -> None:
         self.log = []
@@ -373,15 +382,9 @@ class Room:
             self.visitor.outbox.clear()
             self.visitor.outbox.link.write(goodbye)
             self.visitor.close(code, reason)
-        self.viewers.clear()
-        self.slots.clear()
-        self.state = None
-        self.session_id = ""
-        self._reset_log()
-        self.latest.clear()
         self.owned = False
         self.lease_until = FOREVER
-        self.hub.forget_if_idle(self)
+        self._forget_session()
 
     def reepoch(self, epoch: int, code: int, reason: str) -> None:
         """Serve the session on under a new fencing epoch (this node re-owned it after its

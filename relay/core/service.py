@@ -132,7 +132,8 @@ class Service:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers = asyncio.Semaphore(WRITERS)
         self.draining = False
-        self.counters = {"protocol_errors": 0, "rate_limited": 0, "resyncs_refused": 0}
+        # fenced: frames dropped because this node's claim on the room lapsed (cluster mode)
+        self.counters = {"protocol_errors": 0, "rate_limited": 0, "resyncs_refused": 0, "fenced": 0}
         self.rates = RateConfig(
             control=settings.rate_control,
             content=settings.rate_content,
@@ -143,7 +144,6 @@ class Service:
         self.addresses = AddressLimits(settings.max_sockets_per_ip, settings.new_visitors_per_ip)
         self.cluster: SharedCluster | None = None  # cluster mode: set by the app once started
         self._placing: dict[str, asyncio.Lock] = {}  # per visitor: one placement at a time
-        self.counters["fenced"] = 0  # frames dropped because this node's claim on the room lapsed
         self._pageviews: dict[str, deque[tuple[str, str, float]]] = {}  # per visitor: pageviews not yet stored
 
     # --- background writes ------------------------------------------------------------
@@ -528,11 +528,11 @@ class Service:
                 return  # no session anywhere: nothing to own (one round trip for most visitors)
             if cur is not None and cur.node != c.name:
                 args = {"visitor": visitor, "node": c.name, "url": c.url}
-                answer = await c.ask(cur.node, "arrive", args, ASK_TIMEOUT)
+                reached, answer = await c.ask(cur.node, "arrive", args, ASK_TIMEOUT)
                 if answer is not None and answer.get("held"):
                     c.redirects += 1
                     raise Moved(cur.node, str(answer.get("url", "")))
-                if answer is None and await c.alive(cur.node):
+                if answer is None and reached:
                     # Listening but not answering (frozen?): its claim must lapse first (fencing).
                     raise Unavailable("the node serving this session does not answer; retry")
             rec = await self._open_session_of(visitor)
@@ -598,8 +598,7 @@ class Service:
 
     def _unown(self, room: Room, ended: bool = True) -> None:
         if room.owned and self.cluster is not None:
-            epoch = room.epoch if room.state is not None or not room.next_epoch else room.next_epoch
-            self._spawn(self.cluster.release(room.visitor_id, epoch, ended))
+            self._spawn(self.cluster.release(room.visitor_id, room.claim_epoch, ended))
         room.owned = False
         room.lease_until = FOREVER
         room.next_epoch = 0
@@ -641,7 +640,7 @@ class Service:
         rooms = [r for r in self.hub.rooms.values() if r.owned]
         if not rooms:
             return
-        leases = [(r.visitor_id, r.epoch if r.state is not None else r.next_epoch) for r in rooms]
+        leases = [(r.visitor_id, r.claim_epoch) for r in rooms]
         t0 = time.monotonic()
         try:
             async with asyncio.timeout(period):
@@ -651,8 +650,7 @@ class Service:
             return  # the deadlines stand; past them the rooms are fenced
         until = t0 + self.settings.ownership_ttl * LEASE_MARGIN
         for room, (visitor, epoch), result in zip(rooms, leases, results, strict=True):
-            current = room.epoch if room.state is not None else room.next_epoch
-            if not room.owned or current != epoch or self.hub.rooms.get(visitor) is not room:
+            if not room.owned or room.claim_epoch != epoch or self.hub.rooms.get(visitor) is not room:
                 continue  # changed while we asked
             if result == 1 and (t0 <= room.lease_until or not room.fenced):
                 room.lease_until = until  # still ours; lapsed but nothing was dropped meanwhile: no gap
@@ -714,7 +712,7 @@ class Service:
             return None
         cur = await c.owner_of(visitor)
         if cur is not None and cur.node != c.name:
-            answer = await c.ask(cur.node, "end", {"visitor": visitor, "reason": reason}, 2.0)
+            _, answer = await c.ask(cur.node, "end", {"visitor": visitor, "reason": reason}, 2.0)
             if answer is None:
                 raise Unavailable("the node serving this session did not answer; retry")
             if not answer.get("found"):

@@ -18,7 +18,7 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +154,27 @@ async def _watching(seen: list[Seen], since: float, epochs: list[int], limit: fl
     raise AssertionError(f"viewers not watching again within {limit} s: {[s.frames[-3:] for s in seen]}")
 
 
+@contextlib.asynccontextmanager
+async def streaming(lb: Haproxy) -> AsyncIterator[list[Seen]]:
+    """The session through the balancer: the visitor's SDK and two watch pages, until the block
+    ends; yields what each viewer received, once both watch a first keyframe."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(visitor_loop(lb, stop))]
+    await asyncio.sleep(0.5)
+    seen = [Seen(), Seen()]
+    for s in seen:
+        tasks.append(loop.create_task(viewer_loop(lb, watch_token(lb, VISITOR), s, stop)))
+    try:
+        await _watching(seen, 0.0, [0, 0], 15)
+        yield seen
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def test_killing_the_owner_again_and_again_viewers_watch_again_within_10_s(
     cluster: tuple[RedisServer, list[Node], Haproxy],
 ) -> None:
@@ -162,15 +183,7 @@ def test_killing_the_owner_again_and_again_viewers_watch_again_within_10_s(
     restarts: list[threading.Thread] = []
 
     async def scenario() -> list[float]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(visitor_loop(lb, stop))]
-        await asyncio.sleep(0.5)
-        seen = [Seen(), Seen()]
-        for s in seen:
-            tasks.append(loop.create_task(viewer_loop(lb, watch_token(lb, VISITOR), s, stop)))
-        try:
-            await _watching(seen, 0.0, [0, 0], 15)
+        async with streaming(lb) as seen:
             times: list[float] = []
             for _ in range(KILLS):
                 name = owner(server)
@@ -188,11 +201,6 @@ def test_killing_the_owner_again_and_again_viewers_watch_again_within_10_s(
             for s in seen:
                 assert not s.duplicates(), s.duplicates()
             return times
-        finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     times = run(scenario())
     for t in restarts:
@@ -213,15 +221,7 @@ def test_sigterm_drains_health_503_first_the_balancer_stops_routing_then_1001_an
     by_name = {n.name: n for n in nodes}
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(visitor_loop(lb, stop))]
-        await asyncio.sleep(0.5)
-        seen = [Seen(), Seen()]
-        for s in seen:
-            tasks.append(loop.create_task(viewer_loop(lb, watch_token(lb, VISITOR), s, stop)))
-        try:
-            await _watching(seen, 0.0, [0, 0], 15)
+        async with streaming(lb) as seen:
             victim = by_name[owner(server)]
             epochs = [s.last_epoch() for s in seen]
             assert victim.proc is not None
@@ -238,11 +238,6 @@ def test_sigterm_drains_health_503_first_the_balancer_stops_routing_then_1001_an
             assert all(t >= down for s in seen for t, _ in s.closes if t >= sent)
             assert await asyncio.to_thread(victim.proc.wait, 15) == 0
             assert owner(server) not in ("", victim.name)
-        finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     run(scenario())
     status, body = rest(lb, "GET", f"/api/visitors/{VISITOR}")

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -21,6 +19,7 @@ from relay.core.grants import Signer
 
 from ..conftest import base_env, free_port
 from .client import live_session, run, visitor
+from .schemathesis_run import schemathesis
 from .test_readme import _section, _shell_blocks
 
 V = "/api/v1.1"
@@ -531,62 +530,26 @@ def test_the_document_declares_the_surface_with_its_key_and_errors(relay: Any) -
     assert "402" in document["paths"][f"{V}/visitors/{{visitor_id}}/watch_url.json"]["post"]["responses"]
 
 
-CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance,negative_data_rejection,ignored_auth"
-
-
 def test_the_cloud_operations_pass_schemathesis_with_the_key(relay_factory: Any, tmp_path: Path) -> None:
-    """The shared run (test_schemathesis.py) sends no X-Api-Key: there this surface answers 401.
-    Here its operations run with the key, so their success paths are checked too."""
+    """This surface's operations alone, with the key, and the statuses they answered checked."""
     port = free_port()
     relay = relay_factory(PORT=str(port), BASE_ENDPOINT=f"http://127.0.0.1:{port}/relay", REST_RATE="1000000").start()
     with urllib.request.urlopen(f"{relay.base}/api/openapi.json", timeout=10) as r:
         (tmp_path / "openapi.json").write_bytes(r.read())
     known = "CLOUDSCHM1"
     (tmp_path / "schemathesis.toml").write_text(f'[parameters]\nvisitor_id = "{known}"\n')
-    command = [
-        str(Path(sys.executable).parent / "schemathesis"),
-        "--config-file",
-        str(tmp_path / "schemathesis.toml"),
-        "run",
-        str(tmp_path / "openapi.json"),
-        "--origin",
-        relay.origin,
+    status, out, statuses = schemathesis(
+        relay,
+        tmp_path,
+        tmp_path / "schemathesis.toml",
+        known,
+        30,
         "--include-path-regex",
         r"^/api/v1\.1/",
-        "--checks",
-        CHECKS,
         "--header",
         f"X-Api-Key: {relay.rest_key}",
-        "--phases",
-        "examples,coverage,fuzzing",
-        "--max-examples",
-        "30",
-        "--seed",
-        "1",
-        "--workers",
-        "1",
-        "--report",
-        "ndjson",
-        "--report-dir",
-        str(tmp_path / "reports"),
-    ]
-
-    async def scenario() -> tuple[int, str]:
-        await visitor(relay, known)
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=tmp_path,
-            env=base_env(NO_COLOR="1", SCHEMATHESIS_TELEMETRY="false"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 100)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(errors="replace")
-
-    status, out = run(scenario())
+    )
     assert status == 0, out[-6000:]
-    statuses = Counter(re.findall(r'"status_code":\s*(\d+)', next((tmp_path / "reports").glob("*.ndjson")).read_text()))
     assert statuses["200"] and statuses["400"] and statuses["401"], statuses
     cases = re.search(r"(\d+) generated, (\d+) passed", out)
     assert cases is not None and cases.group(1) == cases.group(2), out[-3000:]

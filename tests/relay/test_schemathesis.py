@@ -12,19 +12,15 @@ enforced where the document says it is.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import sys
 import urllib.request
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..conftest import base_env, free_port, run_relay
-from .client import run, visitor
+from ..conftest import free_port, run_relay
+from .schemathesis_run import schemathesis
 
-CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance,negative_data_rejection,ignored_auth"
 KNOWN = "SCHEMAVIS1"
 
 
@@ -76,50 +72,10 @@ def test_every_operation_passes_schemathesis_with_no_failure(relay_factory: Any,
         '[[operations]]\ninclude-operation-id = "get_api_v1_meetings"\n'
         "[operations.generation]\nallow-extra-parameters = false\n"
     )
-    command = [
-        str(Path(sys.executable).parent / "schemathesis"),
-        "--config-file",
-        str(config),
-        "run",
-        str(tmp_path / "openapi.json"),
-        "--origin",
-        relay.origin,
-        "--checks",
-        CHECKS,
-        "--header",
-        f"Origin: {relay.origin}",
-        "--phases",
-        "examples,coverage,fuzzing",
-        "--max-examples",
-        "50",
-        "--seed",
-        "1",
-        "--workers",
-        "1",
-        "--report",
-        "junit,ndjson",
-        "--report-dir",
-        str(tmp_path / "reports"),
-    ]
-
-    async def scenario() -> tuple[int, str]:
-        await visitor(relay, KNOWN)  # online while schemathesis runs
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=tmp_path,
-            env=base_env(NO_COLOR="1", SCHEMATHESIS_TELEMETRY="false"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 100)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(errors="replace")
-
-    status, out = run(scenario())
+    status, out, statuses = schemathesis(relay, tmp_path, config, KNOWN, 50, "--header", f"Origin: {relay.origin}")
     assert status == 0, out[-6000:]
     junit = next((tmp_path / "reports").glob("junit-*.xml")).read_text()
     assert set(re.findall(r'<testcase name="([^"]+)"', junit)) == operations, junit
-    statuses = Counter(re.findall(r'"status_code":\s*(\d+)', next((tmp_path / "reports").glob("*.ndjson")).read_text()))
     assert statuses["200"] and statuses["400"] and statuses["401"], statuses  # the handlers were reached
     cases = re.search(r"(\d+) generated, (\d+) passed", out)
     assert cases is not None and cases.group(1) == cases.group(2), out[-3000:]
