@@ -340,6 +340,16 @@ def test_sentinel_failover_every_node_moves_to_the_new_master_and_says_503_meanw
                     beat = r.get(f"cobrowse:node:{n.name}")
                     assert beat is not None and json.loads(beat)["t"] > time.time() - 3
                 assert r.info("replication")["role"] == "master"
+            # The old master restarted (as after a crash) comes back believing it is the master until
+            # the sentinels demote it; no node connects to it meanwhile or after: none writes there.
+            stale = group.server(old)
+            stale.restart()
+            with stale.client() as r:
+                wait_for(lambda: r.info("replication")["role"] == "slave", 15, "the old master demoted")
+                time.sleep(2.0)  # two heartbeats of every node
+                clients = [c for c in r.client_list() if not c.get("name", "").startswith("sentinel")]
+                writers = [c for c in clients if not set(c.get("flags", "")) & {"M", "S"} and c["cmd"] != "client|list"]
+                assert writers == [], writers
         finally:
             stop_nodes(nodes)
 
